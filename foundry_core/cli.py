@@ -1,0 +1,101 @@
+"""`foundry` command line: one sub-command per stage, each driven by a YAML config in config/."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .train.checkpoint import CheckpointError
+from .data.shapeset import DatasetFormatError
+
+def _config_dir() -> Path:
+    """config/ of a source checkout, else the copy installed under <prefix>/share/foundry_ros/config."""
+    here = Path(__file__).resolve().parent.parent / "config"
+    return here if here.is_dir() else Path(sys.prefix) / "share" / "foundry_ros" / "config"
+
+
+CONFIG_DIR = _config_dir()
+
+
+def _config_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--config", default=default, help=f"YAML config (default: {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.epochs=5 (repeatable)")
+
+
+def _default(name: str) -> str | None:
+    path = CONFIG_DIR / name
+    return str(path) if path.exists() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="foundry", description="Foundry core: pre-train, fine-tune and "
+                                 "evaluate 3D point-cloud foundation models (no ROS needed).")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("pretrain", help="Point-JEPA pre-training of a teacher backbone")
+    _config_arg(p, _default("pretrain_synthetic.yaml"))
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.safetensors")
+
+    p = sub.add_parser("finetune", help="fine-tune a backbone with a classification/segmentation head")
+    _config_arg(p, _default("finetune_synthetic.yaml"))
+    p.add_argument("--init", help="pre-trained backbone (.safetensors); omit for random initialisation")
+    p.add_argument("--resume", action="store_true")
+
+    p = sub.add_parser("evaluate", help="test metrics of an exported model, or linear probe of a backbone")
+    _config_arg(p, _default("finetune_synthetic.yaml"))
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="exported task model (model.safetensors of a finetune run)")
+    g.add_argument("--backbone", help="exported backbone: report its linear-probe accuracy")
+
+    p = sub.add_parser("experiment", help="pre-training vs random initialisation (probe + fine-tune, "
+                       "several seeds) -> docs/results/pretrain.json")
+    _config_arg(p, _default("experiment_infomr.yaml"))
+    p.add_argument("--output", default="docs/results/pretrain.json")
+
+    p = sub.add_parser("demo", help="the embedded default: pre-train a tiny teacher on generated shapes "
+                       "and print its probe accuracy against a random encoder")
+    _config_arg(p, _default("demo.yaml"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, CheckpointError, DatasetFormatError) as e:
+        print(f"foundry {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .configs import FinetuneConfig, PretrainConfig
+
+    if args.command == "pretrain":
+        from .stages.pretrain import run_pretrain
+        run_pretrain(load_config(PretrainConfig, args.config, args.overrides), resume=args.resume)
+    elif args.command == "finetune":
+        from .stages.finetune import run_finetune
+        overrides = args.overrides + ([f"init={args.init}"] if args.init else [])
+        run_finetune(load_config(FinetuneConfig, args.config, overrides), resume=args.resume)
+    elif args.command == "evaluate":
+        from .stages.evaluate import run_evaluate, run_probe
+        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+        if args.model:
+            metrics = run_evaluate(args.model, cfg.data, cfg.run.seed)
+            print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        else:
+            from .configs import ProbeConfig
+            print(f"probe_acc={run_probe(args.backbone, cfg.data, ProbeConfig(), cfg.run.seed):.2f}")
+    elif args.command == "experiment":
+        from .stages.experiment import ExperimentConfig, run_experiment
+        run_experiment(load_config(ExperimentConfig, args.config, args.overrides), args.output)
+    elif args.command == "demo":
+        from .stages.demo import run_demo
+        run_demo(load_config(PretrainConfig, args.config, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

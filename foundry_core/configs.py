@@ -1,0 +1,146 @@
+"""Typed configurations of every stage; YAML files in config/ map onto these dataclasses."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Tokenizer + transformer encoder. `encoder` is a preset (vit_s, vit_t) or "custom"."""
+
+    encoder: str = "vit_t"
+    dim: int | None = None          # override the preset's width
+    depth: int | None = None
+    heads: int | None = None
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    num_groups: int = 64            # c: centers per cloud
+    group_size: int = 32            # k: points per group
+    in_channels: int = 3            # xyz (+ extra channels such as intensity)
+
+    def __post_init__(self) -> None:
+        if self.encoder == "custom" and None in (self.dim, self.depth, self.heads):
+            raise ConfigError("model.encoder=custom needs model.dim, model.depth and model.heads")
+        for name in ("num_groups", "group_size", "in_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1")
+        if self.in_channels < 3:
+            raise ConfigError("model.in_channels must be >= 3 (x, y, z first)")
+
+
+@dataclass
+class DataConfig:
+    """Where clouds come from. source: "synthetic" or a format of foundry_core.data.formats."""
+
+    source: str = "synthetic"
+    root: str = ""
+    options: dict = field(default_factory=dict)   # extra loader keyword arguments
+    num_points: int = 1024
+    split: Literal["stratified", "loader"] = "stratified"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    synthetic_shapes: int = 800
+    synthetic_seed: int = 0
+    augment: list[str] = field(default_factory=lambda: ["scale", "rotate_up"])
+    with_seg: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError("data.test_fraction must be in (0, 1)")
+        if self.num_points < 1:
+            raise ConfigError("data.num_points must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    epochs: int = 10
+    warmup_epochs: int = 1
+    batch_size: int = 32
+    grad_clip: float = 10.0         # 0 disables clipping
+    backbone_lr_scale: float = 1.0  # fine-tuning: lr multiplier of the pre-trained backbone
+    frozen_epochs: int = 0          # fine-tuning: backbone lr is 0 for the first epochs
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("optim.lr must be > 0, optim.epochs and optim.batch_size >= 1")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ConfigError("optim.warmup_epochs must be within [0, optim.epochs]")
+
+
+@dataclass
+class RunConfig:
+    """Where and how a training run executes."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    amp: bool = True                # mixed precision on CUDA only
+    num_workers: int = 0
+    eval_every: int = 1             # epochs between evaluations (0: only at the end)
+    progress: bool = True
+
+
+@dataclass
+class JEPAConfig:
+    """Point-JEPA: center sequencer, 4 target blocks, contiguous context, narrow predictor, EMA."""
+
+    num_targets: int = 4
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
+    context_scale: list[float] = field(default_factory=lambda: [0.4, 0.75])
+    predictor_dim: int = 192
+    predictor_depth: int = 6
+    predictor_heads: int = 6
+    ema: list[float] = field(default_factory=lambda: [0.9995, 0.99999])
+    loss_beta: float = 2.0
+    min_context: int = 4
+
+    def __post_init__(self) -> None:
+        lo, hi = self.target_scale
+        if not 0 < lo <= hi < 1:
+            raise ConfigError("jepa.target_scale must satisfy 0 < lo <= hi < 1")
+        lo, hi = self.context_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError("jepa.context_scale must satisfy 0 < lo <= hi <= 1")
+        if not 0 <= self.ema[0] <= self.ema[1] <= 1:
+            raise ConfigError("jepa.ema must be [start, end] with 0 <= start <= end <= 1")
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on max+mean pooled tokens (quality check of a backbone)."""
+
+    classifier: Literal["svm", "logistic"] = "svm"
+    C: float = 0.012
+    num_points: int = 1024
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    jepa: JEPAConfig = field(default_factory=JEPAConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    """Supervised fine-tuning of a backbone (pre-trained checkpoint or random init) with a head."""
+
+    task: Literal["cls", "partseg", "sceneseg"] = "cls"
+    init: str = ""                  # backbone checkpoint; empty = random initialisation
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    label_smoothing: float = 0.1
+    head_dropout: float = 0.5
+    seg_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
+    category_embedding: bool = True   # partseg: add a learned object-category embedding

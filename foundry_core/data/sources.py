@@ -1,0 +1,31 @@
+"""Turn a DataConfig into train/test ShapeSets and torch datasets."""
+from __future__ import annotations
+
+from ..configs import DataConfig
+from .augment import build_augmentation
+from .formats import load_dataset
+from .point_dataset import PointCloudDataset
+from .shapeset import ShapeSet, stratified_split
+from .synthetic import generate_shapes
+
+
+def load_splits(cfg: DataConfig) -> tuple[ShapeSet, ShapeSet]:
+    """(train, test) ShapeSets. split=stratified: one fixed stratified split (seeded) of the whole
+    set; split=loader: the dataset's own train/test files."""
+    if cfg.source == "synthetic":
+        shapes = generate_shapes(cfg.synthetic_shapes, cfg.num_points, seed=cfg.synthetic_seed, **cfg.options)
+    elif cfg.split == "loader":
+        return (load_dataset(cfg.source, cfg.root, split="train", **cfg.options),
+                load_dataset(cfg.source, cfg.root, split="test", **cfg.options))
+    else:
+        shapes = load_dataset(cfg.source, cfg.root, split="all", **cfg.options)
+    train_idx, test_idx = stratified_split(shapes.labels, cfg.test_fraction, cfg.split_seed)
+    return shapes.subset(train_idx), shapes.subset(test_idx)
+
+
+def make_datasets(cfg: DataConfig, seed: int) -> tuple[PointCloudDataset, PointCloudDataset]:
+    """Augmented training dataset and deterministic test dataset."""
+    train, test = load_splits(cfg)
+    aug = build_augmentation(cfg.augment) if cfg.augment else None
+    return (PointCloudDataset(train, cfg.num_points, aug, seed=seed, with_seg=cfg.with_seg, train=True),
+            PointCloudDataset(test, cfg.num_points, None, seed=seed, with_seg=cfg.with_seg, train=False))

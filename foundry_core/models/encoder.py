@@ -1,0 +1,116 @@
+"""Pre-norm transformer encoder (ViT blocks) with ViT-S / ViT-T presets and all hidden states."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESETS: dict[str, dict[str, int]] = {
+    "vit_s": {"dim": 384, "depth": 12, "heads": 6},
+    "vit_t": {"dim": 192, "depth": 12, "heads": 3},
+}
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on the residual branch (per sample)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. x (B, T, D), optional additive bias (B, 1|H, T, T) -> (B, T, D)."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+@dataclass
+class EncoderOutput:
+    last: torch.Tensor           # (B, T, D) final LayerNorm'd output
+    hidden: list[torch.Tensor]   # depth x (B, T, D) raw output of every block
+
+
+def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """keep (B, T) bool -> additive attention bias (B, 1, 1, T): 0 for kept keys, a large finite
+    negative value for padded ones (finite so exported graphs never produce NaN)."""
+    neg = torch.finfo(dtype).min / 2
+    return torch.where(keep, 0.0, neg).to(dtype)[:, None, None, :]
+
+
+class TransformerEncoder(nn.Module):
+    """Stack of pre-norm blocks; the positional embedding is added before every block (Point-JEPA).
+
+    forward(x (B, T, D), pos (B, T, D), keep (B, T) bool | None) -> EncoderOutput
+    """
+
+    def __init__(self, dim: int = 384, depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        self.dim, self.depth, self.heads = dim, depth, heads
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias, r) for r in rates)
+        self.norm = nn.LayerNorm(dim)
+        self.apply(_init_weights)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TransformerEncoder":
+        if name not in PRESETS:
+            raise ValueError(f"unknown encoder preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None = None) -> EncoderOutput:
+        bias = None if keep is None else key_padding_bias(keep, x.dtype)
+        hidden = []
+        for blk in self.blocks:
+            x = blk(x + pos, bias)
+            hidden.append(x)
+        return EncoderOutput(last=self.norm(x), hidden=hidden)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,90 @@
+"""Downstream heads: classification, part segmentation, scene semantic segmentation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import BackboneOutput, pooled_features
+from .sampling import knn
+
+
+class ClassificationHead(nn.Module):
+    """concat(max, mean) of output tokens (B, 2D) -> logits (B, K)."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.5, hidden: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes))
+
+    def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(pooled_features(out.last))
+
+
+def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Inverse-distance interpolation of center features to points.
+
+    feats (B, c, D), centers (B, c, 3), points (B, N, 3) -> (B, N, D) from the k nearest centers.
+    """
+    k = min(k, centers.shape[1])
+    idx = knn(centers, points, k)                                   # (B, N, k)
+    nb = torch.gather(centers.unsqueeze(1).expand(-1, points.shape[1], -1, -1), 2,
+                      idx.unsqueeze(-1).expand(-1, -1, -1, 3))       # (B, N, k, 3)
+    dist = ((points.unsqueeze(2) - nb) ** 2).sum(-1).clamp_min(1e-10)
+    w = 1.0 / dist
+    w = w / w.sum(-1, keepdim=True)
+    b, n, _ = idx.shape
+    gathered = torch.gather(feats.unsqueeze(1).expand(-1, n, -1, -1), 2,
+                            idx.unsqueeze(-1).expand(-1, -1, -1, feats.shape[-1]))
+    return (gathered * w.unsqueeze(-1)).sum(2)
+
+
+class SegmentationHead(nn.Module):
+    """Per-point labels from multi-layer token features.
+
+    Token features = mean of LayerNorm'd hidden states of `layers` (1-based); global feature =
+    max + mean; optional object-category embedding (part segmentation). Features are propagated to
+    the points by 3-NN inverse-distance interpolation, then a shared MLP gives (B, N, K) logits.
+    """
+
+    def __init__(self, dim: int, num_classes: int, layers: list[int], num_categories: int = 0,
+                 dropout: float = 0.5, category_dim: int = 64):
+        super().__init__()
+        self.layers = list(layers)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in self.layers)
+        self.category = nn.Embedding(num_categories, category_dim) if num_categories > 0 else None
+        in_dim = dim + 2 * dim + (category_dim if self.category is not None else 0)
+        self.mlp = nn.Sequential(
+            nn.Conv1d(in_dim, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
+            nn.Conv1d(256, num_classes, 1))
+
+    def token_features(self, out: BackboneOutput) -> torch.Tensor:
+        hidden = out.encoded.hidden
+        if max(self.layers) > len(hidden) or min(self.layers) < 1:
+            raise ValueError(f"segmentation layers {self.layers} outside the encoder's 1..{len(hidden)}")
+        return torch.stack([n(hidden[i - 1]) for n, i in zip(self.norms, self.layers)]).mean(0)
+
+    def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.token_features(out)                            # (B, c, D)
+        glob = pooled_features(feats)                               # (B, 2D)
+        if self.category is not None:
+            if category is None:
+                raise ValueError("part segmentation head needs the object category")
+            glob = torch.cat([glob, self.category(category)], dim=-1)
+        per_point = propagate_to_points(feats, out.tokens.centers, points[..., :3])  # (B, N, D)
+        x = torch.cat([per_point, glob.unsqueeze(1).expand(-1, per_point.shape[1], -1)], dim=-1)
+        return self.mlp(x.transpose(1, 2)).transpose(1, 2)          # (B, N, K)
+
+
+class TaskModel(nn.Module):
+    """backbone + head; forward(points (B, N, C), category (B,) | None) -> logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, points: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.backbone(points), points, category)

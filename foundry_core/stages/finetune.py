@@ -1,0 +1,114 @@
+"""Stage `finetune`: supervised training of a backbone + head (classification, part or scene
+segmentation), from a pre-trained backbone or from random initialisation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import to_dict
+from ..configs import FinetuneConfig
+from ..data.point_dataset import PointCloudDataset
+from ..data.sources import make_datasets
+from ..models.backbone import PointBackbone
+from ..models.heads import ClassificationHead, SegmentationHead, TaskModel
+from ..models.io import load_backbone, save_task_model
+from ..train.metrics import accuracy, confusion, instance_part_miou, mean_iou
+from ..train.trainer import Trainer
+from .common import decay_groups, prepare_run_dir
+
+
+def build_task_model(cfg: FinetuneConfig, backbone: PointBackbone, shapes) -> TaskModel:
+    """Backbone + the head of cfg.task sized for the dataset's classes."""
+    if cfg.task == "cls":
+        head = ClassificationHead(backbone.dim, shapes.num_classes, cfg.head_dropout)
+    else:
+        if shapes.seg_classes is None:
+            raise ValueError(f"task {cfg.task} needs per-point labels, but {shapes.name} has none")
+        cats = shapes.num_classes if (cfg.task == "partseg" and cfg.category_embedding) else 0
+        head = SegmentationHead(backbone.dim, len(shapes.seg_classes), cfg.seg_layers, cats, cfg.head_dropout)
+    return TaskModel(backbone, head)
+
+
+@torch.no_grad()
+def evaluate_task(model: TaskModel, dataset: PointCloudDataset, task: str, batch_size: int = 32,
+                  seed: int = 0) -> dict[str, float]:
+    """Test metrics: accuracy (cls) or mIoU (segmentation; partseg also instance mIoU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    preds, gts = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        pts = batch["points"].to(device)
+        cat = batch["category"].to(device) if "category" in batch else None
+        logits = model.head(model.backbone(pts, generator=gen), pts, cat)
+        if task == "partseg" and dataset.shapes.category_of_seg is not None:
+            allowed = torch.as_tensor(dataset.shapes.category_of_seg, device=device)[None, None, :] == cat[:, None, None]
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        preds.append(logits.argmax(-1).cpu().numpy())
+        gts.append((batch["label"] if task == "cls" else batch["seg"]).numpy())
+    pred, gt = np.concatenate(preds), np.concatenate(gts)
+    if task == "cls":
+        return {"test_acc": accuracy(pred, gt)}
+    k = len(dataset.shapes.seg_classes)
+    out = {"test_miou": mean_iou(confusion(pred.reshape(-1), gt.reshape(-1), k)),
+           "test_point_acc": accuracy(pred.reshape(-1), gt.reshape(-1))}
+    if task == "partseg" and dataset.shapes.category_of_seg is not None:
+        cos = np.asarray(dataset.shapes.category_of_seg)
+        parts = [np.flatnonzero(cos == c) for c in dataset.shapes.labels]
+        out["test_instance_miou"] = instance_part_miou(pred, gt, parts)
+    return out
+
+
+class SupervisedTask:
+    """Trainer plug-in: (label-smoothed) cross-entropy, test metrics as evaluation."""
+
+    def __init__(self, cfg: FinetuneConfig, test_set: PointCloudDataset):
+        self.cfg, self.test_set = cfg, test_set
+
+    def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cat = batch.get("category") if self.cfg.task == "partseg" else None
+        logits = net(batch["points"], cat)
+        target = batch["label"] if self.cfg.task == "cls" else batch["seg"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               label_smoothing=self.cfg.label_smoothing)
+        acc = (logits.argmax(-1) == target).float().mean().item() * 100
+        return loss, {"acc": acc}
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        pass
+
+    def evaluate(self, model: TaskModel, epoch: int) -> dict[str, float]:
+        return evaluate_task(model, self.test_set, self.cfg.task, seed=self.cfg.run.seed)
+
+    def param_groups(self, model: TaskModel) -> list[dict]:
+        o = self.cfg.optim
+        return (decay_groups(model.backbone, lr_scale=o.backbone_lr_scale, frozen_epochs=o.frozen_epochs)
+                + decay_groups(model.head))
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
+    """Fine-tune and export backbone + head to <out_dir>/model.safetensors; returns final metrics."""
+    out = prepare_run_dir(cfg.run.out_dir, cfg)
+    train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    if cfg.init:
+        backbone = load_backbone(cfg.init)
+        if backbone.cfg.num_groups != cfg.model.num_groups or backbone.cfg.group_size != cfg.model.group_size:
+            backbone.tokenizer.num_groups, backbone.tokenizer.group_size = cfg.model.num_groups, cfg.model.group_size
+    else:
+        backbone = PointBackbone(cfg.model)
+    model = build_task_model(cfg, backbone, train_set.shapes)
+    task = SupervisedTask(cfg, test_set)
+    trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage=f"finetune_{cfg.task}", config=to_dict(cfg))
+    history = trainer.fit(resume=resume)
+    final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
+    if trainer.info.is_main:
+        meta = {"task": cfg.task, "classes": train_set.shapes.classes, "seg_classes": train_set.shapes.seg_classes,
+                "init": cfg.init, "metrics": final}
+        path = save_task_model(out / "model.safetensors", model.cpu(), backbone.cfg, meta)
+        print(f"[finetune] {cfg.task} model exported to {path}; " +
+              " ".join(f"{k}={v:.2f}" for k, v in final.items()), flush=True)
+    return {"history": history, "final": final, "out_dir": str(out)}

@@ -1,0 +1,45 @@
+"""Accuracy and IoU metrics for classification and segmentation."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Overall accuracy in %."""
+    return 100.0 * float((pred == target).mean()) if len(target) else float("nan")
+
+
+def class_mean_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean of per-class accuracies in % (classes present in target)."""
+    accs = [(pred[target == c] == c).mean() for c in np.unique(target)]
+    return 100.0 * float(np.mean(accs)) if accs else float("nan")
+
+
+def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = ground truth. Labels outside [0, K) are ignored."""
+    ok = (target >= 0) & (target < num_classes)
+    return np.bincount(num_classes * target[ok] + pred[ok], minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def mean_iou(conf: np.ndarray) -> float:
+    """Mean IoU in % over classes that occur in ground truth or prediction."""
+    inter = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - inter
+    present = union > 0
+    return 100.0 * float((inter[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def instance_part_miou(pred: np.ndarray, target: np.ndarray, parts_of_shape: list[np.ndarray]) -> float:
+    """ShapeNetPart instance mIoU in %: per shape, mean IoU over its category's parts (a part absent
+    from both prediction and ground truth counts as IoU 1), averaged over shapes.
+
+    pred, target (M, N); parts_of_shape[i] = part ids of shape i's category.
+    """
+    scores = []
+    for p, t, parts in zip(pred, target, parts_of_shape):
+        ious = []
+        for part in parts:
+            union = np.logical_or(p == part, t == part).sum()
+            ious.append(1.0 if union == 0 else np.logical_and(p == part, t == part).sum() / union)
+        scores.append(np.mean(ious))
+    return 100.0 * float(np.mean(scores)) if scores else float("nan")
