@@ -22,6 +22,9 @@ class ModelConfig:
     in_channels: int = 3            # xyz (+ extra channels such as intensity)
 
     def __post_init__(self) -> None:
+        from .models.encoder import PRESETS
+        if self.encoder != "custom" and self.encoder not in PRESETS:
+            raise ConfigError(f"model.encoder {self.encoder!r} is unknown; use one of {sorted(PRESETS)} or custom")
         if self.encoder == "custom" and None in (self.dim, self.depth, self.heads):
             raise ConfigError("model.encoder=custom needs model.dim, model.depth and model.heads")
         for name in ("num_groups", "group_size", "in_channels"):
@@ -101,6 +104,9 @@ class JEPAConfig:
     min_context: int = 4
 
     def __post_init__(self) -> None:
+        for name in ("target_scale", "context_scale", "ema"):
+            if len(getattr(self, name)) != 2:
+                raise ConfigError(f"jepa.{name} must be a list of two numbers [start, end]")
         lo, hi = self.target_scale
         if not 0 < lo <= hi < 1:
             raise ConfigError("jepa.target_scale must satisfy 0 < lo <= hi < 1")

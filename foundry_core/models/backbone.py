@@ -23,9 +23,9 @@ class BackboneOutput:
 
 def encoder_kwargs(cfg: ModelConfig) -> dict:
     """Resolved encoder size of a ModelConfig (preset plus overrides)."""
-    base = dict(PRESETS[cfg.encoder]) if cfg.encoder != "custom" else {}
     if cfg.encoder not in PRESETS and cfg.encoder != "custom":
         raise ValueError(f"unknown encoder {cfg.encoder!r}; use one of {sorted(PRESETS)} or custom")
+    base = dict(PRESETS[cfg.encoder]) if cfg.encoder != "custom" else {}
     for key in ("dim", "depth", "heads"):
         if getattr(cfg, key) is not None:
             base[key] = getattr(cfg, key)

@@ -66,6 +66,8 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int,
     take = min(num_samples, n)
     if method == "auto":
         method = "fpsample" if (points.device.type == "cpu" and n >= FAST_FPS_MIN_POINTS) else "torch"
+    if method == "fpsample" and n < 64:  # QuickFPS needs 2**h <= N buckets; tiny clouds go exact
+        method = "fpsample_exact"
     if method == "torch":
         idx = fps_torch(points, take, start_idx)
     elif method in ("fpsample", "fpsample_exact"):

@@ -21,15 +21,17 @@ class Tokens:
     groups: torch.Tensor      # (B, c, k, C) group points relative to their centers (+ extra channels)
 
 
-def sanitize_points(points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sanitize_points(points: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Replace non-finite points by finite points of the same cloud drawn with replacement.
 
-    points (B, N, C) -> (B, N, C). Equivalent to dropping NaN/Inf rows and resampling back to N,
-    so batches keep a fixed shape. A cloud without any finite point raises ValueError.
+    points (B, N, C) -> (points (B, N, C), source (B, N) input row of every point, or None when
+    nothing was replaced). Equivalent to dropping NaN/Inf rows and resampling back to N, so
+    batches keep a fixed shape. A cloud without any finite point raises ValueError.
     """
     finite = torch.isfinite(points).all(-1)  # (B, N)
     if bool(finite.all()):
-        return points
+        return points, None
     counts = finite.sum(-1)
     if bool((counts == 0).any()):
         bad = torch.nonzero(counts == 0).flatten().tolist()
@@ -38,7 +40,8 @@ def sanitize_points(points: torch.Tensor, generator: torch.Generator | None = No
     repl = torch.multinomial(weights, points.shape[1], replacement=True, generator=generator)
     repl = repl.to(points.device)
     filled = gather_points(points, repl)
-    return torch.where(finite.unsqueeze(-1), points, filled)
+    source = torch.where(finite, torch.arange(points.shape[1], device=points.device), repl)
+    return torch.where(finite.unsqueeze(-1), points, filled), source
 
 
 class PointMLP(nn.Module):
@@ -118,9 +121,12 @@ class PointTokenizer(nn.Module):
                 generator: torch.Generator | None = None) -> Tokens:
         if points.dim() != 3 or points.shape[-1] != self.in_channels:
             raise ValueError(f"tokenizer expects points (B, N, {self.in_channels}), got {tuple(points.shape)}")
-        points = sanitize_points(points, generator)
+        points, source = sanitize_points(points, generator)
         centers, center_idx, group_idx = self.group(points, num_groups, generator)
         groups = gather_points(points, group_idx)                  # (B, c, k, C)
+        if source is not None:  # report indices into the caller's cloud, not the sanitized copy
+            center_idx = torch.gather(source, 1, center_idx)
+            group_idx = torch.gather(source, 1, group_idx.flatten(1)).view_as(group_idx)
         rel = groups[..., :3] - centers.unsqueeze(2)
         feats = torch.cat([rel, groups[..., 3:]], dim=-1) if points.shape[-1] > 3 else rel
         tokens = self.encoder(feats)

@@ -21,7 +21,8 @@ from .pretrain import run_pretrain
 class ExperimentConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])      # probe / fine-tuning seeds
+    pretrain_seeds: list[int] = field(default_factory=lambda: [0])  # seed i uses pretrain_seeds[i % len]
     out_dir: str = "runs/experiment"
     dataset_name: str = "infomr_2048"
 
@@ -35,12 +36,16 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
     results: dict = {"probe_acc": {"pretrained": [], "random": []},
                      "finetune_acc": {"pretrained": [], "random": []}}
     pretrain_times, runs = [], []
-    for seed in cfg.seeds:
+    backbones: dict[int, str] = {}
+    for i, seed in enumerate(cfg.seeds):
+        pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
         pcfg = copy.deepcopy(cfg.pretrain)
-        pcfg.run.seed, pcfg.run.out_dir = seed, str(out / f"pretrain_s{seed}")
-        t0 = time.time()
-        backbone = run_pretrain(pcfg, resume=True)["backbone"]
-        pretrain_times.append(time.time() - t0)
+        pcfg.run.seed, pcfg.run.out_dir = pseed, str(out / f"pretrain_s{pseed}")
+        if pseed not in backbones:
+            t0 = time.time()
+            backbones[pseed] = run_pretrain(pcfg, resume=True)["backbone"]
+            pretrain_times.append(time.time() - t0)
+        backbone = backbones[pseed]
         results["probe_acc"]["pretrained"].append(run_probe(backbone, pcfg.data, pcfg.probe, seed))
         results["probe_acc"]["random"].append(run_probe(None, pcfg.data, pcfg.probe, seed, random_model=pcfg.model))
         for init in ("pretrained", "random"):
@@ -62,6 +67,8 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
         "finetune_epochs": cfg.finetune.optim.epochs,
         "wall_time_s": float(np.mean(pretrain_times)),
         "seeds": cfg.seeds,
+        "pretrain_seeds": cfg.pretrain_seeds,
+        "pretrain_wall_time_s": pretrain_times,
         **results,
         "summary": {f"{k}_{init}": _mean_std(v) for k, d in results.items() for init, v in d.items()},
         "config": to_dict(cfg),

@@ -17,7 +17,7 @@ def class_mean_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, K) counts, rows = ground truth. Labels outside [0, K) are ignored."""
-    ok = (target >= 0) & (target < num_classes)
+    ok = (target >= 0) & (target < num_classes) & (pred >= 0) & (pred < num_classes)
     return np.bincount(num_classes * target[ok] + pred[ok], minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 

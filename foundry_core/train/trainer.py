@@ -156,14 +156,20 @@ class Trainer:
             print(text, flush=True)
 
     # ------------------------------------------------------------------- loop
-    def fit(self, resume: bool = False) -> list[dict[str, float]]:
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> list[dict[str, float]]:
+        """Train to optim.epochs (continuing from the last checkpoint when resume=True).
+
+        stop_after: run at most this many epochs in this call (time-sliced jobs); a later call with
+        resume=True continues exactly where it stopped.
+        """
         self._setup()
         start_epoch = 0
         ckpt = self.out / self.CKPT
         if resume and ckpt.exists():
             start_epoch = self._resume(ckpt)
             self.log(f"[{self.stage}] resumed from {ckpt} at epoch {start_epoch}")
-        for epoch in range(start_epoch, self.optim_cfg.epochs):
+        end_epoch = self.optim_cfg.epochs if stop_after is None else min(self.optim_cfg.epochs, start_epoch + stop_after)
+        for epoch in range(start_epoch, end_epoch):
             t0 = time.time()
             self.sampler.set_epoch(epoch)
             if hasattr(self.train_set, "set_epoch"):

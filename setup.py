@@ -1,0 +1,28 @@
+"""foundry_ros: ROS 2 package (ament_python) and pip-installable distribution of foundry_core."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "foundry_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Foundry: a distilled 3D point-cloud foundation model for ROS 2 robots",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["foundry_core", "foundry_core.*", "foundry_ros", "foundry_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "torch>=2.4", "numpy", "scipy", "fpsample", "pykdtree", "h5py", "safetensors", "pyyaml",
+        "matplotlib", "tqdm", "scikit-learn", "pypcd4",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["foundry = foundry_core.cli:main"]},
+    zip_safe=False,
+)
