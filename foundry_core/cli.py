@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="pre-trained backbone (.safetensors); omit for random initialisation")
     p.add_argument("--resume", action="store_true")
 
+    p = sub.add_parser("distill", help="distill a teacher into a Foundry student (DSO + encoder + CAU, "
+                       "optional Foundry-Gate)")
+    _config_arg(p, _default("distill_synthetic.yaml"))
+    p.add_argument("--teacher", help="teacher backbone (.safetensors)")
+    p.add_argument("--supertokens", type=int, help="number of SuperTokens s")
+    p.add_argument("--frozen-student", action="store_true", help="keep the student encoder fixed")
+    p.add_argument("--gate", action="store_true", help="train the Foundry-Gate (token budgets at inference)")
+    p.add_argument("--gate-lambda", type=float, help="gate regulariser weight")
+    p.add_argument("--resume", action="store_true")
+
     p = sub.add_parser("evaluate", help="test metrics of an exported model, or linear probe of a backbone")
     _config_arg(p, _default("finetune_synthetic.yaml"))
     g = p.add_mutually_exclusive_group(required=True)
@@ -79,6 +89,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .stages.finetune import run_finetune
         overrides = args.overrides + ([f"init={args.init}"] if args.init else [])
         run_finetune(load_config(FinetuneConfig, args.config, overrides), resume=args.resume)
+    elif args.command == "distill":
+        from .configs import DistillConfig
+        from .stages.distill import run_distill
+        flags = {"teacher": args.teacher, "student.supertokens": args.supertokens,
+                 "student.gate_lambda": args.gate_lambda}
+        overrides = args.overrides + [f"{k}={v}" for k, v in flags.items() if v is not None]
+        overrides += ["student.frozen_student=true"] * args.frozen_student + ["student.gate=true"] * args.gate
+        run_distill(load_config(DistillConfig, args.config, overrides), resume=args.resume)
     elif args.command == "evaluate":
         from .stages.evaluate import run_evaluate, run_probe
         cfg = load_config(FinetuneConfig, args.config, args.overrides)

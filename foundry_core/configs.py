@@ -102,6 +102,7 @@ class JEPAConfig:
     ema: list[float] = field(default_factory=lambda: [0.9995, 0.99999])
     loss_beta: float = 2.0
     min_context: int = 4
+    export: Literal["target", "online"] = "target"   # which encoder becomes the teacher backbone
 
     def __post_init__(self) -> None:
         for name in ("target_scale", "context_scale", "ema"):
@@ -150,3 +151,38 @@ class FinetuneConfig:
     head_dropout: float = 0.5
     seg_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
     category_embedding: bool = True   # partseg: add a learned object-category embedding
+
+
+@dataclass
+class StudentConfig:
+    """The Foundry student distilled from a teacher (DSO -> encoder -> CAU, optional Foundry-Gate)."""
+
+    supertokens: int = 16
+    model: ModelConfig | None = None    # student encoder size; None = the teacher's architecture
+    frozen_student: bool = False        # keep the (teacher-initialised) encoder fixed
+    freeze_tokenizer: bool = True
+    gate: bool = False
+    gate_lambda: float = 1e-11          # regulariser weight of -lambda * sum(pi)
+    tau: float = 1.0                    # Gumbel-Softmax temperature
+    hard: bool = True                   # False: soft assignment (ablation)
+    qkv_bias: bool = False
+    cau_out_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.supertokens < 1:
+            raise ConfigError("student.supertokens must be >= 1")
+        if self.tau <= 0:
+            raise ConfigError("student.tau must be > 0")
+
+
+@dataclass
+class DistillConfig:
+    """Foundation Model Distillation of a pre-trained teacher into a Foundry student."""
+
+    teacher: str = ""                   # exported teacher backbone (.safetensors)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -25,18 +25,50 @@ def model_config_of(meta: dict, path: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: metadata has no valid model config ({e})") from None
 
 
-def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> PointBackbone:
-    """Rebuild a PointBackbone from an exported backbone or task model checkpoint."""
+def save_student(path: str | Path, student: "FoundryStudent", extra_meta: dict | None = None) -> Path:
+    """Export a distilled Foundry student (tokenizer, DSO, encoder, CAU, gate) with what rebuilds it."""
+    tok = student.tokenizer
+    meta = {"kind": "student", "model": to_dict(student.cfg),
+            "tokenizer": {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
+                          "in_channels": tok.in_channels},
+            "student": dict(student.init_kwargs), **(extra_meta or {})}
+    return save_checkpoint(path, add_prefix(student.state_dict(), "backbone"), meta)
+
+
+def build_backbone(meta: dict, path: str | Path) -> nn.Module:
+    """An empty backbone (PointBackbone or FoundryStudent) matching a checkpoint's metadata."""
+    cfg = model_config_of(meta, path)
+    if meta.get("kind") != "student" and "student" not in meta:
+        return PointBackbone(cfg)
+    from .encoder import TransformerEncoder
+    from .backbone import encoder_kwargs
+    from .student import FoundryStudent
+    from .tokenizer import PointTokenizer
+    try:
+        tok = PointTokenizer(**meta["tokenizer"])
+        return FoundryStudent(tok, TransformerEncoder(**encoder_kwargs(cfg)), **meta["student"], cfg=cfg)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: student metadata incomplete ({e})") from None
+
+
+def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the backbone of an exported backbone, distilled student or task model checkpoint."""
     tensors, meta = load_checkpoint(path)
-    if meta.get("kind") not in ("backbone", "task_model"):
+    if meta.get("kind") not in ("backbone", "student", "task_model"):
         raise CheckpointError(f"{path} holds a {meta.get('kind') or meta.get('stage')!r} checkpoint, not a backbone; "
-                              "use the exported backbone.safetensors of a pre-training run")
-    backbone = PointBackbone(model_config_of(meta, path))
+                              "use the exported backbone.safetensors / student.safetensors of a run")
+    backbone = build_backbone(meta, path)
     load_state_strict(backbone, split_prefix(tensors, "backbone"), f"backbone in {path}")
     return backbone.to(device)
 
 
 def save_task_model(path: str | Path, model: nn.Module, cfg: ModelConfig, task_meta: dict) -> Path:
-    """Export backbone + head (TaskModel) with the model config and the task description."""
+    """Export backbone + head (TaskModel) with the model config and the task description
+    (a student backbone also records what rebuilds it)."""
     meta = {"kind": "task_model", "model": to_dict(cfg), **task_meta}
+    if hasattr(model.backbone, "init_kwargs"):
+        tok = model.backbone.tokenizer
+        meta["tokenizer"] = {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
+                             "in_channels": tok.in_channels}
+        meta["student"] = dict(model.backbone.init_kwargs)
     return save_checkpoint(path, dict(model.state_dict()), meta)

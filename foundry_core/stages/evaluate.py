@@ -7,7 +7,7 @@ from ..config import from_dict
 from ..configs import DataConfig, FinetuneConfig, ProbeConfig
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
-from ..models.io import load_backbone, model_config_of
+from ..models.io import build_backbone, load_backbone, model_config_of
 from ..train.checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from ..train.probe import linear_probe
 from .common import eval_view
@@ -22,7 +22,7 @@ def run_evaluate(model_path: str, data: DataConfig, seed: int = 0) -> dict[str, 
     train_set, test_set = make_datasets(data, seed)
     cfg = from_dict(FinetuneConfig, {"task": meta["task"]})
     cfg.model = model_config_of(meta, model_path)
-    model = build_task_model(cfg, PointBackbone(cfg.model), train_set.shapes)
+    model = build_task_model(cfg, build_backbone(meta, model_path), train_set.shapes)
     load_state_strict(model, tensors, f"task model {model_path}")
     return evaluate_task(model, test_set, meta["task"], seed=seed)
 

@@ -28,7 +28,8 @@ def build_task_model(cfg: FinetuneConfig, backbone: PointBackbone, shapes) -> Ta
         if shapes.seg_classes is None:
             raise ValueError(f"task {cfg.task} needs per-point labels, but {shapes.name} has none")
         cats = shapes.num_classes if (cfg.task == "partseg" and cfg.category_embedding) else 0
-        head = SegmentationHead(backbone.dim, len(shapes.seg_classes), cfg.seg_layers, cats, cfg.head_dropout)
+        width = getattr(backbone, "hidden_dim", backbone.dim)   # a student's hidden states have its encoder width
+        head = SegmentationHead(width, len(shapes.seg_classes), cfg.seg_layers, cats, cfg.head_dropout)
     return TaskModel(backbone, head)
 
 

@@ -32,16 +32,30 @@ class PretrainTask:
         self.momentum = model.update_target(step, total_steps)
 
     def evaluate(self, model: PointJEPA, epoch: int) -> dict[str, float]:
+        """Probe both encoders; probe_acc is the one that will be exported (jepa.export)."""
         device = next(model.parameters()).device
-        acc = linear_probe(model.target, self.probe_train, self.probe_test, self.cfg.probe, device)
-        return {"probe_acc": acc, "ema_momentum": self.momentum}
+        accs = {name: linear_probe(getattr(model, attr), self.probe_train, self.probe_test, self.cfg.probe, device)
+                for name, attr in (("target", "target"), ("online", "backbone"))}
+        return {"probe_acc": accs[self.cfg.jepa.export], "probe_acc_target": accs["target"],
+                "probe_acc_online": accs["online"], "ema_momentum": self.momentum,
+                "target_token_std": self.token_diversity(model.target, device)}
+
+    @torch.no_grad()
+    def token_diversity(self, backbone: PointBackbone, device) -> float:
+        """Mean std across tokens of the LayerNorm'd last hidden state (falls towards 0 on collapse)."""
+        n = min(32, len(self.probe_test))
+        pts = torch.stack([self.probe_test[i]["points"] for i in range(n)]).to(device)
+        backbone.eval()
+        h = backbone(pts, generator=torch.Generator().manual_seed(0)).encoded.hidden[-1]
+        return float(torch.nn.functional.layer_norm(h, h.shape[-1:]).std(dim=1).mean())
 
     def param_groups(self, model: PointJEPA) -> list[dict]:
         return decay_groups(model)
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
-    """Pre-train, then export the EMA target backbone to <out_dir>/backbone.safetensors."""
+    """Pre-train, then export the EMA target (or online, per jepa.export) backbone to
+    <out_dir>/backbone.safetensors."""
     out = prepare_run_dir(cfg.run.out_dir, cfg)
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
@@ -51,8 +65,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     history = trainer.fit(resume=resume)
     result = {"history": history, "out_dir": str(out)}
     if trainer.info.is_main:
-        path = save_backbone(out / "backbone.safetensors", model.target.cpu(),
-                             {"stage": "pretrain", "epochs": cfg.optim.epochs, "probe_acc": history[-1].get("probe_acc")})
+        exported = model.target if cfg.jepa.export == "target" else model.backbone
+        path = save_backbone(out / "backbone.safetensors", exported.cpu(),
+                             {"stage": "pretrain", "epochs": cfg.optim.epochs, "encoder_branch": cfg.jepa.export,
+                              "probe_acc": history[-1].get("probe_acc")})
         result["backbone"] = str(path)
         print(f"[pretrain] backbone exported to {path}; final probe accuracy "
               f"{history[-1].get('probe_acc', float('nan')):.2f}%", flush=True)

@@ -1,0 +1,209 @@
+"""Foundry student (compress -> encode -> reconstruct), a drop-in for PointBackbone.
+
+    points -> tokenizer -> T, P (B, c, d)
+           -> [gate: which tokens merge] -> DSO: s SuperTokens + pooled positions
+           -> student encoder on the SuperTokens (+ the tokens that bypassed DSO)
+           -> CAU: Y_hat = MLP(T + CAM . S_out) (B, c, teacher_dim)
+
+Encoder input. Without gate: the s SuperTokens. With gate: the s SuperTokens and the c tokens
+(those merged are padding) compacted with fixed shapes so that real entries come first, then
+trimmed to L = c slots (L = min(budget, c) with a token budget, so latency falls with the budget).
+A `keep` mask hides padding from real tokens. Empty SuperTokens (no token routed to them) are
+masked out of the encoder as well, in both modes: they carry no information about the cloud.
+At most min(c, budget) real tokens ever enter the encoder: a SuperToken is non-empty only when
+at least one token was merged into it, so (non-empty SuperTokens) + (unmerged tokens) <= c.
+
+Output. StudentOutput mirrors BackboneOutput: `.tokens` (tokenizer output), `.encoded.last` = Y_hat
+and `.encoded.hidden` = every encoder layer's states mapped back to the c token slots (SuperToken
+states broadcast by the CAM, bypass tokens' own states), so heads work unchanged.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..configs import ModelConfig
+from .backbone import PointBackbone, encoder_kwargs
+from .cau import CAU
+from .dso import DSO
+from .encoder import EncoderOutput, TransformerEncoder
+from .gate import TokenGate
+from .tokenizer import PointTokenizer, Tokens
+
+
+@dataclass
+class StudentOutput:
+    tokens: Tokens                   # tokenizer output (centers, groups, raw tokens)
+    encoded: EncoderOutput           # last = Y_hat (B, c, teacher_dim); hidden = depth x (B, c, D)
+    cam: torch.Tensor                # (B, c, s) cross-attention map (zero rows for bypass tokens)
+    segments: torch.Tensor           # (B, c) int64: SuperToken id (< s), or s + rank for bypass tokens
+    merged: torch.Tensor             # (B, c) bool: token compressed into a SuperToken
+    tokens_in_encoder: torch.Tensor  # (B,) int64 real (non-padding) tokens entering the encoder
+    encoder_keep: torch.Tensor       # (B, L) bool keep mask of the encoder sequence (L = its length)
+    supertokens_out: torch.Tensor    # (B, s, D) encoder output (LayerNorm'd) at the SuperTokens
+    counts: torch.Tensor             # (B, s) tokens routed to each SuperToken
+    gate_probs: torch.Tensor | None  # (B, c) fusion probabilities, None without gate
+    gate_loss: torch.Tensor          # scalar gate regulariser (0 without gate)
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.encoded.last
+
+
+class FoundryStudent(nn.Module):
+    """points (B, N, C) -> StudentOutput (drop-in for BackboneOutput).
+
+    tokenizer: produces tokens of width tokenizer.dim; if it differs from encoder.dim, linear
+    projections map tokens and positions to the encoder width (the CAU residual then uses the
+    projected tokens). teacher_dim: width of Y_hat (the teacher's token width).
+    """
+
+    def __init__(self, tokenizer: PointTokenizer, encoder: TransformerEncoder, num_supertokens: int,
+                 teacher_dim: int, gate: bool = False, *, qkv_bias: bool = False, tau: float = 1.0,
+                 hard: bool = True, cau_hidden_ratio: float = 4, cau_out_norm: bool = False,
+                 gate_hidden: int = 128, gate_threshold: float = 0.5, gate_reg_weight: float = 1e-11,
+                 cfg: ModelConfig | None = None):
+        super().__init__()
+        d_tok, d = tokenizer.dim, encoder.dim
+        self.cfg = cfg
+        self.tokenizer, self.encoder = tokenizer, encoder
+        self.num_supertokens, self.teacher_dim = num_supertokens, teacher_dim
+        self.dim, self.hidden_dim, self.depth = teacher_dim, d, encoder.depth
+        self.token_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
+        self.pos_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
+        self.dso = DSO(d, num_supertokens, qkv_bias=qkv_bias, tau=tau, hard=hard)
+        self.cau = CAU(d, teacher_dim, hidden_ratio=cau_hidden_ratio, out_norm=cau_out_norm)
+        self.gate = TokenGate(d, gate_hidden, gate_threshold, gate_reg_weight) if gate else None
+        self.tokenizer_frozen = self.encoder_frozen = False
+        self.init_kwargs = dict(num_supertokens=num_supertokens, teacher_dim=teacher_dim, gate=gate,
+                                qkv_bias=qkv_bias, tau=tau, hard=hard, cau_hidden_ratio=cau_hidden_ratio,
+                                cau_out_norm=cau_out_norm, gate_hidden=gate_hidden,
+                                gate_threshold=gate_threshold, gate_reg_weight=gate_reg_weight)
+        self.copied_from_teacher: list[str] = []
+
+    # ------------------------------------------------------------------ construction / freezing
+    @classmethod
+    def from_teacher(cls, teacher: PointBackbone, num_supertokens: int, student_cfg: ModelConfig | None = None,
+                     gate: bool = False, freeze_tokenizer: bool = True, init_encoder: bool = True,
+                     **kwargs) -> "FoundryStudent":
+        """Student sharing a copy of the teacher's tokenizer (frozen by default) whose encoder is
+        built from student_cfg (default: the teacher's config) and initialised from the teacher's
+        encoder wherever a tensor of the same name and shape exists (same preset: full copy;
+        shallower: the first blocks; narrower: only what still matches). The tokenizer keeps the
+        teacher's grouping (num_groups, group_size) so teacher and student see the same tokens."""
+        cfg = student_cfg or teacher.cfg
+        encoder = TransformerEncoder(**encoder_kwargs(cfg))
+        copied: list[str] = []
+        if init_encoder:
+            src = teacher.encoder.state_dict()
+            dst = encoder.state_dict()
+            for name, value in dst.items():
+                if name in src and src[name].shape == value.shape:
+                    value.copy_(src[name])
+                    copied.append(name)
+        student = cls(copy.deepcopy(teacher.tokenizer), encoder, num_supertokens, teacher.dim, gate=gate,
+                      cfg=cfg, **kwargs)
+        student.copied_from_teacher = copied
+        student.freeze_tokenizer(freeze_tokenizer)
+        return student
+
+    def freeze_tokenizer(self, frozen: bool = True) -> "FoundryStudent":
+        """Frozen: no gradients and BatchNorm statistics kept (the tokenizer stays in eval mode)."""
+        self.tokenizer_frozen = frozen
+        self.tokenizer.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
+
+    def freeze_encoder(self, frozen: bool = True) -> "FoundryStudent":
+        """Frozen-student variant: the encoder is fixed (no gradients, eval mode, no drop path);
+        DSO, CAU, projections and gate still learn."""
+        self.encoder_frozen = frozen
+        self.encoder.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> "FoundryStudent":
+        super().train(mode)
+        if self.tokenizer_frozen:
+            self.tokenizer.eval()
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
+                fusion_threshold: float | None = None) -> StudentOutput:
+        tok = self.tokenizer(points, generator=generator)
+        return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
+
+    def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None) -> StudentOutput:
+        """Student on given tokenizer output (lets distillation share one tokenization with the teacher)."""
+        s = self.num_supertokens
+        t = self.token_proj(tok.tokens)                             # (B, c, d)
+        p = self.pos_proj(tok.pos)
+        if self.gate is None:
+            if fusion_threshold is not None:
+                raise ValueError("fusion_threshold needs a gated student (gate=True)")
+            if budget is not None and budget < s:
+                raise ValueError(f"token budget {budget} is smaller than the number of SuperTokens {s}")
+            return self._forward_plain(tok, t, p)
+        return self._forward_gated(tok, t, p, budget, fusion_threshold)
+
+    def _forward_plain(self, tok: Tokens, t: torch.Tensor, p: torch.Tensor) -> StudentOutput:
+        d = self.dso(t, p)
+        keep = d.counts > 0                                         # empty SuperTokens are padding
+        enc = self.encoder(d.supertokens, d.pos, keep)
+        hidden = [torch.matmul(d.cam, h) for h in enc.hidden]
+        sup_out = enc.last * keep.unsqueeze(-1).to(enc.last.dtype)  # empty SuperTokens -> 0
+        y = self.cau(t, d.cam, sup_out)
+        merged = torch.ones_like(d.assignment, dtype=torch.bool)
+        return StudentOutput(tokens=tok, encoded=EncoderOutput(last=y, hidden=hidden), cam=d.cam,
+                             segments=d.assignment, merged=merged, tokens_in_encoder=keep.sum(1),
+                             encoder_keep=keep, supertokens_out=sup_out, counts=d.counts,
+                             gate_probs=None, gate_loss=y.new_zeros(()))
+
+    def _forward_gated(self, tok: Tokens, t: torch.Tensor, p: torch.Tensor, budget: int | None,
+                       fusion_threshold: float | None) -> StudentOutput:
+        s = self.num_supertokens
+        b, c, _ = t.shape
+        g = self.gate(t, s, budget, fusion_threshold)
+        merge = g.merge
+        sel = g.selection.unsqueeze(-1)                             # forward value exactly 0 / 1
+        d = self.dso(t * sel, p, keep=merge)
+        # candidates: s SuperTokens then the c tokens (real when unmerged), compacted real-first
+        cand = torch.cat([d.supertokens, t * (1.0 - sel)], dim=1)   # (B, s + c, d)
+        cand_pos = torch.cat([d.pos, p], dim=1)
+        valid = torch.cat([d.counts > 0, ~merge], dim=1)            # (B, s + c)
+        n = s + c
+        ar = torch.arange(n, device=t.device).unsqueeze(0)
+        order = torch.argsort((~valid).long() * n + ar, dim=1)      # real entries first, stable
+        length = c if budget is None else min(int(budget), c)
+        idx = order[:, :length]                                     # (B, L)
+        x = torch.gather(cand, 1, idx.unsqueeze(-1).expand(-1, -1, cand.shape[-1]))
+        xp = torch.gather(cand_pos, 1, idx.unsqueeze(-1).expand(-1, -1, cand.shape[-1]))
+        keep = torch.gather(valid, 1, idx)                          # (B, L)
+        enc = self.encoder(x, xp, keep)
+        # back from the sequence to the candidates: slot of every candidate in the sequence
+        slot = torch.argsort(order, dim=1).clamp(max=length - 1)    # (B, s + c); real ones < L
+
+        def scatter_back(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            full = torch.gather(h, 1, slot.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+            full = full * valid.unsqueeze(-1).to(h.dtype)
+            return full[:, :s], full[:, s:]                        # SuperTokens (B, s, D), tokens (B, c, D)
+
+        bypass = (~merge).unsqueeze(-1)
+        hidden = []
+        for h in enc.hidden:
+            sup_h, tok_h = scatter_back(h)
+            hidden.append(torch.where(bypass, tok_h, torch.matmul(d.cam, sup_h)))
+        sup_out, tok_out = scatter_back(enc.last)
+        y = self.cau(t, d.cam, sup_out, bypass_out=tok_out, bypass_mask=~merge)
+        bypass_rank = torch.cumsum((~merge).long(), dim=1) - 1
+        segments = torch.where(merge, d.assignment, s + bypass_rank)
+        return StudentOutput(tokens=tok, encoded=EncoderOutput(last=y, hidden=hidden), cam=d.cam,
+                             segments=segments, merged=merge, tokens_in_encoder=keep.sum(1),
+                             encoder_keep=keep, supertokens_out=sup_out, counts=d.counts,
+                             gate_probs=g.probs, gate_loss=g.loss)

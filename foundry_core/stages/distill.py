@@ -1,0 +1,113 @@
+"""Stage `distill`: Foundation Model Distillation (FMD) of a frozen teacher into a Foundry student.
+
+The student reconstructs the teacher's output tokens Y from the same augmented input and the same
+token groups: loss = SmoothL1(Y_hat, Y) (or MSE) - lambda * sum(pi) with the gate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import to_dict
+from ..configs import DistillConfig
+from ..data.sources import make_datasets
+from ..models.backbone import PointBackbone
+from ..models.io import load_backbone, save_student
+from ..models.student import FoundryStudent, StudentOutput
+from ..train.probe import linear_probe
+from ..train.trainer import Trainer
+from .common import decay_groups, eval_view, prepare_run_dir
+
+
+class Distiller(nn.Module):
+    """teacher (frozen, eval) + student; forward(points (B, N, C)) -> (loss, distill_loss, student output)."""
+
+    def __init__(self, teacher: PointBackbone, student: FoundryStudent, loss: str = "smooth_l1"):
+        super().__init__()
+        self.teacher, self.student, self.loss = teacher, student, loss
+        self.teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_tokens(self, tok) -> torch.Tensor:
+        """Teacher output Y (B, c, D) on the student's groups (teacher tokenizer weights)."""
+        t = self.teacher.tokenizer.encoder(tok.groups)
+        return self.teacher.encoder(t, self.teacher.tokenizer.pos_embed(tok.centers)).last
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, StudentOutput]:
+        tok = self.student.tokenizer(points)
+        y = self.teacher_tokens(tok)
+        out = self.student.encode(tok)
+        if self.loss == "mse":
+            rec = F.mse_loss(out.last, y)
+        else:
+            rec = F.smooth_l1_loss(out.last, y)
+        return rec + out.gate_loss, rec, out
+
+
+class DistillTask:
+    """Trainer plug-in: reconstruction loss (+ gate regulariser), student probe as evaluation."""
+
+    def __init__(self, cfg: DistillConfig, probe_train, probe_test):
+        self.cfg, self.probe_train, self.probe_test = cfg, probe_train, probe_test
+
+    def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, rec, out = net(batch["points"])
+        metrics = {"distill_loss": rec.item(), "tokens_in_encoder": out.tokens_in_encoder.float().mean().item()}
+        if out.gate_probs is not None:
+            metrics["gate_merge_frac"] = out.merged.float().mean().item()
+        return loss, metrics
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def evaluate(self, model: Distiller, epoch: int) -> dict[str, float]:
+        device = next(model.student.parameters()).device
+        model.eval()
+        losses = []
+        for i in range(0, min(len(self.probe_test), 256), 32):
+            pts = torch.stack([self.probe_test[j]["points"] for j in range(i, min(i + 32, len(self.probe_test)))])
+            losses.append(model(pts.to(device))[1].item())
+        acc = linear_probe(model.student, self.probe_train, self.probe_test, self.cfg.probe, device)
+        return {"val_distill_loss": sum(losses) / len(losses), "probe_acc": acc}
+
+    def param_groups(self, model: Distiller) -> list[dict]:
+        return decay_groups(model.student)
+
+
+def build_student(cfg: DistillConfig, teacher: PointBackbone) -> FoundryStudent:
+    sc = cfg.student
+    student = FoundryStudent.from_teacher(
+        teacher, sc.supertokens, sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
+        qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm, gate_reg_weight=sc.gate_lambda)
+    return student.freeze_encoder(sc.frozen_student)
+
+
+def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
+    """Distill, then export the student to <out_dir>/student.safetensors (a drop-in backbone)."""
+    if not cfg.teacher:
+        raise ValueError("distill needs a teacher checkpoint (--teacher or teacher: in the config)")
+    out = prepare_run_dir(cfg.run.out_dir, cfg)
+    train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    teacher = load_backbone(cfg.teacher)
+    if isinstance(teacher, FoundryStudent):
+        raise ValueError(f"{cfg.teacher} is a distilled student; distill from a teacher backbone")
+    model = Distiller(teacher, build_student(cfg, teacher), cfg.loss)
+    task = DistillTask(cfg, eval_view(train_set), test_set)
+    trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
+    history = trainer.fit(resume=resume)
+    result = {"history": history, "out_dir": str(out)}
+    if trainer.info.is_main:
+        path = save_student(out / "student.safetensors", model.student.cpu(),
+                            {"stage": "distill", "teacher": cfg.teacher, "metrics": history[-1]})
+        result["student"] = str(path)
+        print(f"[distill] student (s={cfg.student.supertokens}, gate={cfg.student.gate}) exported to {path}",
+              flush=True)
+    return result
