@@ -157,7 +157,8 @@ class FinetuneConfig:
 class StudentConfig:
     """The Foundry student distilled from a teacher (DSO -> encoder -> CAU, optional Foundry-Gate)."""
 
-    supertokens: int = 16
+    kind: Literal["foundry", "random", "fewer_centers", "tome", "kmeans"] = "foundry"  # baselines share the loop
+    supertokens: int = 16               # s (foundry, kmeans) or tokens kept (random, fewer_centers, tome)
     model: ModelConfig | None = None    # student encoder size; None = the teacher's architecture
     frozen_student: bool = False        # keep the (teacher-initialised) encoder fixed
     freeze_tokenizer: bool = True

@@ -39,3 +39,19 @@ def tiny_finetune(out: Path, task: str = "cls", epochs: int = 2, **kw) -> Finetu
         task=task, model=tiny_model(), data=tiny_data(with_seg=task != "cls"),
         optim=OptimConfig(lr=1e-3, epochs=epochs, warmup_epochs=0, batch_size=16),
         run=RunConfig(out_dir=str(out), eval_every=0, progress=False), seg_layers=[1, 2], **kw)
+
+
+def tiny_distill(out: Path, teacher: str, epochs: int = 2, **student) -> "DistillConfig":
+    from foundry_core.configs import DistillConfig, StudentConfig
+    return DistillConfig(
+        teacher=teacher, student=StudentConfig(**{"supertokens": 4, **student}), data=tiny_data(),
+        optim=OptimConfig(lr=1e-3, epochs=epochs, warmup_epochs=0, batch_size=16),
+        run=RunConfig(out_dir=str(out), eval_every=0, progress=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A tiny teacher backbone pre-trained for one epoch (shared by the distillation tests)."""
+    from foundry_core.stages.pretrain import run_pretrain
+    out = tmp_path_factory.mktemp("teacher")
+    return run_pretrain(tiny_pretrain(out, epochs=1))["backbone"]

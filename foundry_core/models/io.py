@@ -25,13 +25,18 @@ def model_config_of(meta: dict, path: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: metadata has no valid model config ({e})") from None
 
 
-def save_student(path: str | Path, student: "FoundryStudent", extra_meta: dict | None = None) -> Path:
-    """Export a distilled Foundry student (tokenizer, DSO, encoder, CAU, gate) with what rebuilds it."""
+def student_meta(student: nn.Module) -> dict:
+    """What rebuilds a distilled student or baseline: tokenizer geometry, constructor args, kind."""
     tok = student.tokenizer
-    meta = {"kind": "student", "model": to_dict(student.cfg),
-            "tokenizer": {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
+    return {"tokenizer": {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
                           "in_channels": tok.in_channels},
-            "student": dict(student.init_kwargs), **(extra_meta or {})}
+            "student": dict(student.init_kwargs), "baseline": getattr(student, "kind", None)}
+
+
+def save_student(path: str | Path, student: nn.Module, extra_meta: dict | None = None) -> Path:
+    """Export a distilled Foundry student (tokenizer, DSO, encoder, CAU, gate) or a token-reduction
+    baseline with what rebuilds it."""
+    meta = {"kind": "student", "model": to_dict(student.cfg), **student_meta(student), **(extra_meta or {})}
     return save_checkpoint(path, add_prefix(student.state_dict(), "backbone"), meta)
 
 
@@ -46,7 +51,11 @@ def build_backbone(meta: dict, path: str | Path) -> nn.Module:
     from .tokenizer import PointTokenizer
     try:
         tok = PointTokenizer(**meta["tokenizer"])
-        return FoundryStudent(tok, TransformerEncoder(**encoder_kwargs(cfg)), **meta["student"], cfg=cfg)
+        encoder = TransformerEncoder(**encoder_kwargs(cfg))
+        if meta.get("baseline"):
+            from .baselines import build_baseline
+            return build_baseline(meta["baseline"], tok, encoder, cfg=cfg, **meta["student"])
+        return FoundryStudent(tok, encoder, **meta["student"], cfg=cfg)
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: student metadata incomplete ({e})") from None
 
@@ -67,8 +76,5 @@ def save_task_model(path: str | Path, model: nn.Module, cfg: ModelConfig, task_m
     (a student backbone also records what rebuilds it)."""
     meta = {"kind": "task_model", "model": to_dict(cfg), **task_meta}
     if hasattr(model.backbone, "init_kwargs"):
-        tok = model.backbone.tokenizer
-        meta["tokenizer"] = {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
-                             "in_channels": tok.in_channels}
-        meta["student"] = dict(model.backbone.init_kwargs)
+        meta.update(student_meta(model.backbone))
     return save_checkpoint(path, dict(model.state_dict()), meta)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import to_dict
+from ..config import ConfigError, to_dict
 from ..configs import DistillConfig
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
@@ -42,7 +42,10 @@ class Distiller(nn.Module):
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, StudentOutput]:
         tok = self.student.tokenizer(points)
         y = self.teacher_tokens(tok)
-        out = self.student.encode(tok)
+        if getattr(self.student, "kind", "") == "fewer_centers":   # regroups the raw cloud itself
+            out = self.student.encode(tok, points=points)
+        else:
+            out = self.student.encode(tok)
         if self.loss == "mse":
             rec = F.mse_loss(out.last, y)
         else:
@@ -81,25 +84,38 @@ class DistillTask:
         return decay_groups(model.student)
 
 
-def build_student(cfg: DistillConfig, teacher: PointBackbone) -> FoundryStudent:
+def build_student(cfg: DistillConfig, teacher: PointBackbone, train_set=None) -> nn.Module:
+    """The Foundry student, or a token-reduction baseline (same interface) when student.kind says so."""
     sc = cfg.student
-    student = FoundryStudent.from_teacher(
-        teacher, sc.supertokens, sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
-        qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm, gate_reg_weight=sc.gate_lambda)
+    if sc.kind == "foundry":
+        student = FoundryStudent.from_teacher(
+            teacher, sc.supertokens, sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
+            qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm,
+            gate_reg_weight=sc.gate_lambda)
+        return student.freeze_encoder(sc.frozen_student)
+    from ..models.baselines import BASELINES
+    size = {"random": "num_keep", "fewer_centers": "num_centers", "tome": "target_tokens",
+            "kmeans": "num_prototypes"}[sc.kind]
+    student = BASELINES[sc.kind].from_teacher(teacher, student_cfg=sc.model, freeze_tokenizer=sc.freeze_tokenizer,
+                                              **{size: sc.supertokens})
+    if sc.kind == "kmeans":
+        if train_set is None:
+            raise ValueError("K-Means prototypes need the training set to fit on")
+        student.fit(None, eval_view(train_set))
     return student.freeze_encoder(sc.frozen_student)
 
 
 def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     """Distill, then export the student to <out_dir>/student.safetensors (a drop-in backbone)."""
     if not cfg.teacher:
-        raise ValueError("distill needs a teacher checkpoint (--teacher or teacher: in the config)")
+        raise ConfigError("distill needs a teacher checkpoint (--teacher or teacher: in the config)")
     out = prepare_run_dir(cfg.run.out_dir, cfg)
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
     teacher = load_backbone(cfg.teacher)
     if isinstance(teacher, FoundryStudent):
         raise ValueError(f"{cfg.teacher} is a distilled student; distill from a teacher backbone")
-    model = Distiller(teacher, build_student(cfg, teacher), cfg.loss)
+    model = Distiller(teacher, build_student(cfg, teacher, train_set), cfg.loss)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
@@ -108,6 +124,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
         path = save_student(out / "student.safetensors", model.student.cpu(),
                             {"stage": "distill", "teacher": cfg.teacher, "metrics": history[-1]})
         result["student"] = str(path)
-        print(f"[distill] student (s={cfg.student.supertokens}, gate={cfg.student.gate}) exported to {path}",
+        print(f"[distill] {cfg.student.kind} student (s={cfg.student.supertokens}, gate={cfg.student.gate}) "
+              f"exported to {path}",
               flush=True)
     return result

@@ -20,7 +20,7 @@ def run_evaluate(model_path: str, data: DataConfig, seed: int = 0) -> dict[str, 
     if meta.get("kind") != "task_model":
         raise CheckpointError(f"{model_path} is not an exported task model (kind {meta.get('kind')!r})")
     train_set, test_set = make_datasets(data, seed)
-    cfg = from_dict(FinetuneConfig, {"task": meta["task"]})
+    cfg = from_dict(FinetuneConfig, {"task": meta["task"], **meta.get("head", {})})
     cfg.model = model_config_of(meta, model_path)
     model = build_task_model(cfg, build_backbone(meta, model_path), train_set.shapes)
     load_state_strict(model, tensors, f"task model {model_path}")

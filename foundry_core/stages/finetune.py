@@ -33,6 +33,12 @@ def build_task_model(cfg: FinetuneConfig, backbone: PointBackbone, shapes) -> Ta
     return TaskModel(backbone, head)
 
 
+def head_options(cfg: FinetuneConfig) -> dict:
+    """The FinetuneConfig fields that shape the head (stored with exported models)."""
+    return {"seg_layers": list(cfg.seg_layers), "category_embedding": cfg.category_embedding,
+            "head_dropout": cfg.head_dropout}
+
+
 @torch.no_grad()
 def evaluate_task(model: TaskModel, dataset: PointCloudDataset, task: str, batch_size: int = 32,
                   seed: int = 0) -> dict[str, float]:
@@ -108,7 +114,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
     if trainer.info.is_main:
         meta = {"task": cfg.task, "classes": train_set.shapes.classes, "seg_classes": train_set.shapes.seg_classes,
-                "init": cfg.init, "metrics": final}
+                "init": cfg.init, "metrics": final, "head": head_options(cfg)}
         path = save_task_model(out / "model.safetensors", model.cpu(), backbone.cfg, meta)
         print(f"[finetune] {cfg.task} model exported to {path}; " +
               " ".join(f"{k}={v:.2f}" for k, v in final.items()), flush=True)
