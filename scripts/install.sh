@@ -20,3 +20,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   echo "[install] $VENV is up to date"
 fi
+# ROS 2 Kilted wheels (rclpy, Fast DDS, message packages) and the project's own messages from msg/,
+# built with rosidl into the venv: importable with no ROS installation and no sourcing.
+if [ "${FOUNDRY_SKIP_ROS:-0}" != "1" ]; then
+  FOUNDRY_VENV="$VENV" bash scripts/build_msgs.sh
+fi
