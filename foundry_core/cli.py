@@ -105,7 +105,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
         else:
             from .configs import ProbeConfig
-            print(f"probe_acc={run_probe(args.backbone, cfg.data, ProbeConfig(), cfg.run.seed):.2f}")
+            scores = run_probe(args.backbone, cfg.data, ProbeConfig(), cfg.run.seed)
+            print(" ".join(f"probe_{k}={v:.4g}" for k, v in scores.items()))
     elif args.command == "experiment":
         from .stages.experiment import ExperimentConfig, run_experiment
         run_experiment(load_config(ExperimentConfig, args.config, args.overrides), args.output)

@@ -123,7 +123,8 @@ class ProbeConfig:
     """Linear probe on max+mean pooled tokens (quality check of a backbone)."""
 
     classifier: Literal["svm", "logistic"] = "svm"
-    C: float = 0.012
+    C: float = 0.012                    # the recipe's regularisation
+    cv_grid: list[float] = field(default_factory=lambda: [0.003, 0.012, 0.05, 0.2, 1.0])  # C chosen by CV
     num_points: int = 1024
 
 

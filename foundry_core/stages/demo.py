@@ -12,8 +12,8 @@ from .pretrain import run_pretrain
 def run_demo(cfg: PretrainConfig) -> dict:
     t0 = time.time()
     res = run_pretrain(cfg, resume=False)
-    pre = run_probe(res["backbone"], cfg.data, cfg.probe, cfg.run.seed)
-    rnd = run_probe(None, cfg.data, cfg.probe, cfg.run.seed, random_model=cfg.model)
+    pre = run_probe(res["backbone"], cfg.data, cfg.probe, cfg.run.seed)["cv"]
+    rnd = run_probe(None, cfg.data, cfg.probe, cfg.run.seed, random_model=cfg.model)["cv"]
     print(f"\n== Foundry demo ({time.time() - t0:.0f} s) ==\n"
           f"  generated shapes: {cfg.data.synthetic_shapes}, encoder {cfg.model.encoder}, "
           f"{cfg.optim.epochs} pre-training epochs\n"

@@ -9,7 +9,7 @@ from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
 from ..models.io import build_backbone, load_backbone, model_config_of
 from ..train.checkpoint import CheckpointError, load_checkpoint, load_state_strict
-from ..train.probe import linear_probe
+from ..train.probe import probe_scores
 from .common import eval_view
 from .finetune import build_task_model, evaluate_task
 
@@ -28,12 +28,13 @@ def run_evaluate(model_path: str, data: DataConfig, seed: int = 0) -> dict[str, 
 
 
 def run_probe(backbone_path: str | None, data: DataConfig, probe: ProbeConfig, seed: int = 0,
-              random_model=None) -> float:
-    """Linear-probe accuracy (%) of an exported backbone, or of a randomly initialised one."""
+              random_model=None) -> dict[str, float]:
+    """Linear-probe accuracies (%) of an exported backbone, or of a randomly initialised one
+    ({"fixed": recipe C, "cv": C chosen by cross-validation on the training split, "cv_C"})."""
     train_set, test_set = make_datasets(data, seed)
     if backbone_path:
         backbone = load_backbone(backbone_path)
     else:
         torch.manual_seed(seed)
         backbone = PointBackbone(random_model)
-    return linear_probe(backbone, eval_view(train_set), test_set, probe)
+    return probe_scores(backbone, eval_view(train_set), test_set, probe)

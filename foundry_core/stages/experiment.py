@@ -34,7 +34,9 @@ def _mean_std(xs: list[float]) -> str:
 def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
     out = Path(cfg.out_dir)
     results: dict = {"probe_acc": {"pretrained": [], "random": []},
+                     "probe_acc_fixed_C": {"pretrained": [], "random": []},
                      "finetune_acc": {"pretrained": [], "random": []}}
+    chosen_C: dict = {"pretrained": [], "random": []}
     pretrain_times, runs = [], []
     backbones: dict[int, str] = {}
     for i, seed in enumerate(cfg.seeds):
@@ -46,8 +48,11 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
             backbones[pseed] = run_pretrain(pcfg, resume=True)["backbone"]
             pretrain_times.append(time.time() - t0)
         backbone = backbones[pseed]
-        results["probe_acc"]["pretrained"].append(run_probe(backbone, pcfg.data, pcfg.probe, seed))
-        results["probe_acc"]["random"].append(run_probe(None, pcfg.data, pcfg.probe, seed, random_model=pcfg.model))
+        for init, path in (("pretrained", backbone), ("random", None)):
+            scores = run_probe(path, pcfg.data, pcfg.probe, seed, random_model=pcfg.model)
+            results["probe_acc"][init].append(scores["cv"])
+            results["probe_acc_fixed_C"][init].append(scores["fixed"])
+            chosen_C[init].append(scores["cv_C"])
         for init in ("pretrained", "random"):
             fcfg = copy.deepcopy(cfg.finetune)
             fcfg.run.seed, fcfg.run.out_dir = seed, str(out / f"finetune_{init}_s{seed}")
@@ -70,6 +75,10 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
         "pretrain_seeds": cfg.pretrain_seeds,
         "pretrain_wall_time_s": pretrain_times,
         **results,
+        "probe_protocol": (f"linear {cfg.pretrain.probe.classifier} on standardised max+mean pooled tokens; "
+                           f"probe_acc: C chosen by 3-fold CV on the training split from {cfg.pretrain.probe.cv_grid}; "
+                           f"probe_acc_fixed_C: C = {cfg.pretrain.probe.C} (the recipe)"),
+        "probe_cv_C": chosen_C,
         "summary": {f"{k}_{init}": _mean_std(v) for k, d in results.items() for init, v in d.items()},
         "config": to_dict(cfg),
     }
