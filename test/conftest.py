@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from foundry_core.configs import (DataConfig, FinetuneConfig, JEPAConfig, ModelConfig, OptimConfig,
+from foundry_core.configs import (DataConfig, DistillConfig, FinetuneConfig, JEPAConfig, ModelConfig, OptimConfig,
                                   PretrainConfig, RunConfig)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,8 +41,8 @@ def tiny_finetune(out: Path, task: str = "cls", epochs: int = 2, **kw) -> Finetu
         run=RunConfig(out_dir=str(out), eval_every=0, progress=False), seg_layers=[1, 2], **kw)
 
 
-def tiny_distill(out: Path, teacher: str, epochs: int = 2, **student) -> "DistillConfig":
-    from foundry_core.configs import DistillConfig, StudentConfig
+def tiny_distill(out: Path, teacher: str, epochs: int = 2, **student) -> DistillConfig:
+    from foundry_core.configs import StudentConfig
     return DistillConfig(
         teacher=teacher, student=StudentConfig(**{"supertokens": 4, **student}), data=tiny_data(),
         optim=OptimConfig(lr=1e-3, epochs=epochs, warmup_epochs=0, batch_size=16),

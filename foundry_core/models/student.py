@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from ..configs import ModelConfig
-from .backbone import PointBackbone, encoder_kwargs
+from .backbone import PointBackbone
 from .cau import CAU
 from .dso import DSO
+from .distillable import FreezableBackbone, encoder_from_teacher
 from .encoder import EncoderOutput, TransformerEncoder
 from .gate import TokenGate
 from .tokenizer import PointTokenizer, Tokens
@@ -53,7 +54,7 @@ class StudentOutput:
         return self.encoded.last
 
 
-class FoundryStudent(nn.Module):
+class FoundryStudent(FreezableBackbone):
     """points (B, N, C) -> StudentOutput (drop-in for BackboneOutput).
 
     tokenizer: produces tokens of width tokenizer.dim; if it differs from encoder.dim, linear
@@ -77,7 +78,6 @@ class FoundryStudent(nn.Module):
         self.dso = DSO(d, num_supertokens, qkv_bias=qkv_bias, tau=tau, hard=hard)
         self.cau = CAU(d, teacher_dim, hidden_ratio=cau_hidden_ratio, out_norm=cau_out_norm)
         self.gate = TokenGate(d, gate_hidden, gate_threshold, gate_reg_weight) if gate else None
-        self.tokenizer_frozen = self.encoder_frozen = False
         self.init_kwargs = dict(num_supertokens=num_supertokens, teacher_dim=teacher_dim, gate=gate,
                                 qkv_bias=qkv_bias, tau=tau, hard=hard, cau_hidden_ratio=cau_hidden_ratio,
                                 cau_out_norm=cau_out_norm, gate_hidden=gate_hidden,
@@ -94,44 +94,12 @@ class FoundryStudent(nn.Module):
         encoder wherever a tensor of the same name and shape exists (same preset: full copy;
         shallower: the first blocks; narrower: only what still matches). The tokenizer keeps the
         teacher's grouping (num_groups, group_size) so teacher and student see the same tokens."""
-        cfg = student_cfg or teacher.cfg
-        encoder = TransformerEncoder(**encoder_kwargs(cfg))
-        copied: list[str] = []
-        if init_encoder:
-            src = teacher.encoder.state_dict()
-            dst = encoder.state_dict()
-            for name, value in dst.items():
-                if name in src and src[name].shape == value.shape:
-                    value.copy_(src[name])
-                    copied.append(name)
+        encoder, cfg, copied = encoder_from_teacher(teacher, student_cfg, init_encoder)
         student = cls(copy.deepcopy(teacher.tokenizer), encoder, num_supertokens, teacher.dim, gate=gate,
                       cfg=cfg, **kwargs)
         student.copied_from_teacher = copied
         student.freeze_tokenizer(freeze_tokenizer)
         return student
-
-    def freeze_tokenizer(self, frozen: bool = True) -> "FoundryStudent":
-        """Frozen: no gradients and BatchNorm statistics kept (the tokenizer stays in eval mode)."""
-        self.tokenizer_frozen = frozen
-        self.tokenizer.requires_grad_(not frozen)
-        self.train(self.training)
-        return self
-
-    def freeze_encoder(self, frozen: bool = True) -> "FoundryStudent":
-        """Frozen-student variant: the encoder is fixed (no gradients, eval mode, no drop path);
-        DSO, CAU, projections and gate still learn."""
-        self.encoder_frozen = frozen
-        self.encoder.requires_grad_(not frozen)
-        self.train(self.training)
-        return self
-
-    def train(self, mode: bool = True) -> "FoundryStudent":
-        super().train(mode)
-        if self.tokenizer_frozen:
-            self.tokenizer.eval()
-        if self.encoder_frozen:
-            self.encoder.eval()
-        return self
 
     # ------------------------------------------------------------------ forward
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,

@@ -1,7 +1,6 @@
 """Stage `pretrain`: Point-JEPA pre-training of a teacher backbone, with a periodic linear probe."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from ...configs import ModelConfig
-from ..backbone import PointBackbone, encoder_kwargs
+from ..backbone import PointBackbone
+from ..distillable import FreezableBackbone, encoder_from_teacher
 from ..encoder import EncoderOutput, TransformerEncoder
 from ..sampling import gather_points
 from ..tokenizer import PointTokenizer, Tokens, sanitize_points
@@ -77,7 +78,7 @@ def nearest_index(queries: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
     return d.argmin(-1)
 
 
-class TokenReductionBackbone(nn.Module):
+class TokenReductionBackbone(FreezableBackbone):
     """Shared plumbing of the baselines: tokenizer + (pre-trained) encoder with the student's API.
 
     tokenizer.dim != encoder.dim adds linear projections of tokens and positions (as in
@@ -100,7 +101,6 @@ class TokenReductionBackbone(nn.Module):
         self.token_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
         self.pos_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
         self.out_proj = nn.Identity() if teacher_dim == d else nn.Linear(d, teacher_dim)
-        self.tokenizer_frozen = self.encoder_frozen = False
         self.init_kwargs: dict = {"teacher_dim": teacher_dim}
         self.copied_from_teacher: list[str] = []
 
@@ -113,43 +113,12 @@ class TokenReductionBackbone(nn.Module):
         wherever a tensor of the same name and shape exists. With the teacher's own config this is
         the "inference from baseline" model (a copy of a fine-tuned / pre-trained backbone, no
         training needed); the same module is what FMD trains. Extra arguments go to the constructor."""
-        cfg = student_cfg or teacher.cfg
-        encoder = TransformerEncoder(**encoder_kwargs(cfg))
-        copied: list[str] = []
-        if init_encoder:
-            src = teacher.encoder.state_dict()
-            with torch.no_grad():
-                for name, value in encoder.state_dict().items():
-                    if name in src and src[name].shape == value.shape:
-                        value.copy_(src[name])
-                        copied.append(name)
+        encoder, cfg, copied = encoder_from_teacher(teacher, student_cfg, init_encoder)
         kwargs.setdefault("teacher_dim", teacher.dim)
         model = cls(copy.deepcopy(teacher.tokenizer), encoder, *args, cfg=cfg, **kwargs)
         model.copied_from_teacher = copied
         model.freeze_tokenizer(freeze_tokenizer)
         return model
-
-    def freeze_tokenizer(self, frozen: bool = True):
-        """Frozen: no gradients and BatchNorm statistics kept (the tokenizer stays in eval mode)."""
-        self.tokenizer_frozen = frozen
-        self.tokenizer.requires_grad_(not frozen)
-        self.train(self.training)
-        return self
-
-    def freeze_encoder(self, frozen: bool = True):
-        """The encoder is fixed (no gradients, eval mode, no drop path)."""
-        self.encoder_frozen = frozen
-        self.encoder.requires_grad_(not frozen)
-        self.train(self.training)
-        return self
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.tokenizer_frozen:
-            self.tokenizer.eval()
-        if self.encoder_frozen:
-            self.encoder.eval()
-        return self
 
     # ------------------------------------------------------------------ forward
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,

@@ -1,0 +1,57 @@
+"""What every distillable backbone shares (the Foundry student and the token-reduction baselines):
+freezing the tokenizer / encoder, and building an encoder initialised from a teacher."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..configs import ModelConfig
+from .backbone import PointBackbone, encoder_kwargs
+from .encoder import TransformerEncoder
+
+
+def encoder_from_teacher(teacher: PointBackbone, cfg: ModelConfig | None, init: bool = True
+                         ) -> tuple[TransformerEncoder, ModelConfig, list[str]]:
+    """A student encoder of config `cfg` (default: the teacher's) initialised from the teacher's
+    encoder wherever a tensor of the same name and shape exists (same preset: full copy; shallower:
+    the first blocks; narrower: only what still matches). Returns (encoder, cfg, copied names)."""
+    cfg = cfg or teacher.cfg
+    encoder = TransformerEncoder(**encoder_kwargs(cfg))
+    copied: list[str] = []
+    if init:
+        src = teacher.encoder.state_dict()
+        with torch.no_grad():
+            for name, value in encoder.state_dict().items():
+                if name in src and src[name].shape == value.shape:
+                    value.copy_(src[name])
+                    copied.append(name)
+    return encoder, cfg, copied
+
+
+class FreezableBackbone(nn.Module):
+    """Mixin: `tokenizer` and `encoder` can be frozen (no gradients, kept in eval mode so BatchNorm
+    statistics and drop path stay fixed while the rest trains)."""
+
+    tokenizer_frozen: bool = False
+    encoder_frozen: bool = False
+
+    def freeze_tokenizer(self, frozen: bool = True):
+        self.tokenizer_frozen = frozen
+        self.tokenizer.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
+
+    def freeze_encoder(self, frozen: bool = True):
+        """Frozen-student variant: the encoder is fixed; DSO/CAU/gate (or the baseline's own parts) learn."""
+        self.encoder_frozen = frozen
+        self.encoder.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.tokenizer_frozen:
+            self.tokenizer.eval()
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
