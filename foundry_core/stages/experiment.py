@@ -3,7 +3,6 @@ encoder vs the same encoder randomly initialised, over several seeds, on one fix
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +42,10 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
         pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
         pcfg = copy.deepcopy(cfg.pretrain)
         pcfg.run.seed, pcfg.run.out_dir = pseed, str(out / f"pretrain_s{pseed}")
-        if pseed not in backbones:
-            t0 = time.time()
-            backbones[pseed] = run_pretrain(pcfg, resume=True)["backbone"]
-            pretrain_times.append(time.time() - t0)
+        if pseed not in backbones:  # resumable: a finished run is only reloaded
+            res = run_pretrain(pcfg, resume=True)
+            backbones[pseed] = res["backbone"]
+            pretrain_times.append(float(sum(h["epoch_time_s"] for h in res["history"])))
         backbone = backbones[pseed]
         for init, path in (("pretrained", backbone), ("random", None)):
             scores = run_probe(path, pcfg.data, pcfg.probe, seed, random_model=pcfg.model)
@@ -70,7 +69,7 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
         "encoder": cfg.pretrain.model.encoder,
         "epochs": cfg.pretrain.optim.epochs,
         "finetune_epochs": cfg.finetune.optim.epochs,
-        "wall_time_s": float(np.mean(pretrain_times)),
+        "wall_time_s": float(np.mean(pretrain_times)),   # training time of the pre-training epochs
         "seeds": cfg.seeds,
         "pretrain_seeds": cfg.pretrain_seeds,
         "pretrain_wall_time_s": pretrain_times,
@@ -84,8 +83,22 @@ def run_experiment(cfg: ExperimentConfig, output: str | Path) -> dict:
     }
     write_json(output, summary)
     plot_experiment(results, Path(output).with_suffix(".png"), cfg.dataset_name)
+    Path(output).with_suffix(".md").write_text(markdown_table(summary))
     print(f"[experiment] wrote {output}: " + ", ".join(f"{k} {v}" for k, v in summary["summary"].items()))
     return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """The experiment's numbers as a markdown table (mean ± std over seeds, then per seed)."""
+    rows = ["| metric | pre-trained | random init | difference |", "|---|---|---|---|"]
+    for key in ("probe_acc", "probe_acc_fixed_C", "finetune_acc"):
+        pre, rnd = summary[key]["pretrained"], summary[key]["random"]
+        diff = np.array(pre) - np.array(rnd)
+        rows.append(f"| {key} | {_mean_std(pre)} ({', '.join(f'{v:.2f}' for v in pre)}) | "
+                    f"{_mean_std(rnd)} ({', '.join(f'{v:.2f}' for v in rnd)}) | {diff.mean():+.2f} |")
+    return (f"Dataset {summary['dataset']}, encoder {summary['encoder']}, {summary['epochs']} pre-training epochs "
+            f"({summary['wall_time_s']:.0f} s), {summary['finetune_epochs']} fine-tuning epochs, seeds "
+            f"{summary['seeds']}.\n\n" + "\n".join(rows) + "\n")
 
 
 def plot_experiment(results: dict, path: Path, title: str) -> None:

@@ -1,0 +1,45 @@
+"""Data types of the inference runtime, shared by the predictor and its users (the ROS node)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FrameReport:
+    """What one predictor call did."""
+
+    points_in: int                  # points given (including non-finite ones)
+    points_used: int                # points that reached the tokenizer (after crop / voxel / cap)
+    points_dropped: int             # non-finite or cropped points
+    tokens_in_encoder: int          # max over the batch of tokens that entered the encoder
+    token_budget: int               # the budget this call ran with (c when unbudgeted)
+    fusion_ratio: float             # the fusion threshold r in effect (nan when budget-driven)
+    num_centers: int                # c chosen for this cloud
+    backend: str                    # e.g. "torch-cpu", "torch-cuda", "onnxruntime-cpu"
+    precision: str                  # "fp32" / "fp16"
+    model_hash: str                 # sha256 prefix of the model file
+    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, tokenize, encode, head, total
+
+
+@dataclass
+class PredictorResult:
+    """Per-point outputs aligned index by index with the input cloud (N points), plus tokens."""
+
+    labels: np.ndarray              # (N,) int32 class id; -1 for non-finite input points
+    confidence: np.ndarray          # (N,) float32 softmax probability of the label; 0 for invalid points
+    segments: np.ndarray            # (N,) int32 SuperToken segment id; -1 for invalid points
+    centers: np.ndarray             # (T, 3) float32 token centers
+    embeddings: np.ndarray          # (T, D) float32 token embeddings (model output tokens)
+    token_segments: np.ndarray      # (T,) int32 SuperToken id of every token
+    report: FrameReport
+
+
+@dataclass
+class LabelInfo:
+    """One entry of the label map a model predicts."""
+
+    id: int
+    name: str
+    color: tuple[float, float, float, float]   # RGBA in [0, 1]
