@@ -23,6 +23,9 @@ setup(
         "matplotlib", "tqdm", "scikit-learn", "pypcd4",
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["foundry = foundry_core.cli:main"]},
+    entry_points={"console_scripts": [
+        "foundry = foundry_core.cli:main",
+        "foundry-node = foundry_ros.node:main",  # the ROS 2 node (ros2 run / launch: foundry_ros foundry-node)
+    ]},
     zip_safe=False,
 )

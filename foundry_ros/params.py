@@ -1,0 +1,361 @@
+"""Parameters of the Foundry node as pure Python (no rclpy): specs, validation, derived values.
+
+:mod:`foundry_ros.node` declares one ROS 2 parameter per :data:`PARAM_SPECS` entry (with a
+``ParameterDescriptor`` built from the spec) and calls :func:`validate_params` from its
+on-set-parameters callback, so the rules below are the node's rules and can be tested without
+spinning anything (``test/test_node_params.py``).
+
+Parameter groups:
+
+* **read-only** (need a restart / model reload): ``model_path``, ``device``, ``precision``,
+  ``input_topics``, ``qos_reliability``, ``qos_depth``, ``extra_fields`` (the model's input
+  channels are fixed by its checkpoint).
+* **run time** (applied immediately): the budget controller (``deadline_ms``, ``setpoint``,
+  ``hysteresis``, ``max_step``, ``min_budget``, ``max_budget``, ``initial_budget``,
+  ``controller_enabled``), ``fusion_threshold``, ``max_age_s``, ``publish_embeddings``,
+  ``frame_id_override``, ``diagnostics_period_s``, ``diagnostics_error_frames``.
+
+Note: a non-atomic ``set_parameters`` call validates each parameter on its own, so widening
+both budget bounds past each other (e.g. min 100..200 -> 300..400) must use
+``set_parameters_atomically``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from typing import Any, Iterable, Mapping, Sequence
+
+from foundry_ros.budget import BudgetControllerConfig
+
+__all__ = [
+    "ParamSpec", "PARAM_SPECS", "SPECS_BY_NAME", "READ_ONLY", "CONTROLLER_PARAMS", "DEFAULT_DEADLINE_S",
+    "RELIABILITY_CHOICES", "PRECISION_CHOICES", "default_params", "validate_params", "validate_change",
+    "coerce_value", "controller_config", "controller_changes", "effective_bounds",
+    "fusion_threshold_arg", "PeriodEstimator", "LatencyStats", "diagnostic_level",
+    "OK", "WARN", "ERROR",
+]
+
+RELIABILITY_CHOICES = ("best_effort", "reliable")
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+#: Deadline used while ``deadline_ms == 0`` and the sensor period has not been measured yet.
+DEFAULT_DEADLINE_S = 0.1
+#: Diagnostic levels (same bytes as diagnostic_msgs/DiagnosticStatus OK/WARN/ERROR).
+OK, WARN, ERROR = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: name, default, kind, documentation, range and mutability."""
+
+    name: str
+    default: Any
+    kind: str  # "bool" | "int" | "float" | "str" | "str[]"
+    description: str
+    lo: float | None = None  # inclusive range (rendered as Integer/FloatingPointRange)
+    hi: float | None = None
+    read_only: bool = False
+    choices: tuple[str, ...] | None = None
+    constraints: str = ""  # ParameterDescriptor.additional_constraints
+
+
+_CTL = BudgetControllerConfig()
+
+PARAM_SPECS: tuple[ParamSpec, ...] = (
+    # --- model (read-only: a change needs a model reload) ------------------------------------
+    ParamSpec("model_path", "", "str", "Exported Foundry model file passed to Predictor.from_checkpoint.",
+              read_only=True, constraints="required unless a predictor factory is injected"),
+    ParamSpec("device", "cpu", "str", "Torch device of the predictor, e.g. 'cpu', 'cuda', 'cuda:0'.",
+              read_only=True),
+    ParamSpec("precision", "auto", "str", "Encoder precision override; 'auto' keeps the model's own.",
+              read_only=True, choices=PRECISION_CHOICES, constraints="one of " + ", ".join(PRECISION_CHOICES)),
+    # --- input ----------------------------------------------------------------------------------
+    ParamSpec("input_topics", ["/points"], "str[]",
+              "sensor_msgs/PointCloud2 topics to segment; all feed one newest-frame slot.",
+              read_only=True, constraints="at least one topic"),
+    ParamSpec("qos_reliability", "best_effort", "str",
+              "Reliability of the input subscriptions. best_effort (sensor data QoS) matches both "
+              "best-effort and reliable publishers; reliable matches only reliable publishers but is "
+              "not subject to fragment loss of large clouds on UDP transports.",
+              read_only=True, choices=RELIABILITY_CHOICES, constraints="best_effort or reliable"),
+    ParamSpec("qos_depth", 1, "int", "History depth (KEEP_LAST) of the input subscriptions.",
+              lo=1, hi=100, read_only=True),
+    ParamSpec("extra_fields", [], "str[]",
+              "PointCloud2 fields appended to x,y,z as model input channels (e.g. ['intensity']); "
+              "must match the model's input.", read_only=True),
+    ParamSpec("max_age_s", 0.5, "float",
+              "Frames older than this (node clock minus header stamp; receive time if the stamp is 0) "
+              "are dropped before inference. 0 disables the check.", lo=0.0, hi=3600.0),
+    ParamSpec("frame_id_override", "", "str",
+              "If non-empty, replaces header.frame_id of the outputs (default: the input's frame)."),
+    # --- budget controller ------------------------------------------------------------------------
+    ParamSpec("deadline_ms", 0.0, "float",
+              "Latency deadline receive->publish in ms; 0 derives it from the measured sensor period.",
+              lo=0.0, hi=60000.0),
+    ParamSpec("setpoint", _CTL.setpoint, "float", "Target latency as a fraction of the deadline.",
+              lo=0.01, hi=1.0),
+    ParamSpec("hysteresis", _CTL.hysteresis, "float",
+              "No-change band around the target latency, as a fraction of it.", lo=0.0, hi=0.49),
+    ParamSpec("max_step", _CTL.max_step, "float",
+              "Largest budget change per frame as a fraction of the current budget.", lo=0.01, hi=1.0),
+    ParamSpec("min_budget", 64, "int", "Smallest token budget (also clamped to the model's minimum).",
+              lo=1, hi=1 << 20),
+    ParamSpec("max_budget", 8192, "int", "Largest token budget (also clamped to the model's maximum).",
+              lo=1, hi=1 << 20),
+    ParamSpec("initial_budget", 1024, "int",
+              "Budget of the first frame, and the fixed budget when controller_enabled is false.",
+              lo=1, hi=1 << 20),
+    ParamSpec("controller_enabled", True, "bool",
+              "Closed-loop budget control; false runs every frame at initial_budget."),
+    ParamSpec("fusion_threshold", -1.0, "float",
+              "SuperToken fusion threshold r in [0, 1] (merge tokens with gate probability > r) applied "
+              "on top of the budget; -1 (any negative value) = budget-driven only.", lo=-1.0, hi=1.0),
+    # --- outputs ---------------------------------------------------------------------------------
+    ParamSpec("publish_embeddings", False, "bool",
+              "Publish foundry_msgs/TokenEmbeddings on /foundry/embeddings (only while subscribed)."),
+    ParamSpec("diagnostics_period_s", 1.0, "float", "Period of /diagnostics messages.", lo=0.05, hi=60.0),
+    ParamSpec("diagnostics_error_frames", 5, "int",
+              "Consecutive frames over the deadline that turn the diagnostic status to ERROR.", lo=1, hi=10000),
+)
+
+SPECS_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in PARAM_SPECS}
+READ_ONLY = frozenset(s.name for s in PARAM_SPECS if s.read_only)
+#: node parameter -> BudgetControllerConfig field (deadline_ms is converted separately)
+CONTROLLER_PARAMS = {"setpoint": "setpoint", "hysteresis": "hysteresis", "max_step": "max_step",
+                     "min_budget": "min_budget", "max_budget": "max_budget", "initial_budget": "initial_budget"}
+
+
+def default_params() -> dict[str, Any]:
+    """name -> default value (lists copied)."""
+    return {s.name: (list(s.default) if isinstance(s.default, list) else s.default) for s in PARAM_SPECS}
+
+
+def coerce_value(spec: ParamSpec, value: Any) -> Any:
+    """Normalise a value for ``spec`` (int -> float for floats, None -> [] for arrays) or raise ValueError."""
+    kind = spec.kind
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if math.isfinite(value):
+                return value
+            raise ValueError(f"{spec.name} must be finite, got {value!r}")
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    elif kind == "str[]":
+        if value is None:  # NOT_SET (e.g. `[]` in a params file)
+            return []
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+    raise ValueError(f"{spec.name} must be of type {kind}, got {value!r}")
+
+
+def _check_one(spec: ParamSpec, value: Any) -> str | None:
+    try:
+        value = coerce_value(spec, value)
+    except ValueError as e:
+        return str(e)
+    if spec.lo is not None and value < spec.lo:
+        return f"{spec.name} must be >= {spec.lo}, got {value}"
+    if spec.hi is not None and value > spec.hi:
+        return f"{spec.name} must be <= {spec.hi}, got {value}"
+    if spec.choices is not None and value not in spec.choices:
+        return f"{spec.name} must be one of {list(spec.choices)}, got {value!r}"
+    return None
+
+
+def validate_params(params: Mapping[str, Any]) -> list[str]:
+    """All problems of a complete parameter set (empty list: valid). Unknown names are ignored."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for name, value in params.items():
+        spec = SPECS_BY_NAME.get(name)
+        if spec is None:
+            continue
+        err = _check_one(spec, value)
+        if err:
+            errors.append(err)
+        else:
+            values[name] = coerce_value(spec, value)
+    if errors:
+        return errors
+    topics = values.get("input_topics")
+    if topics is not None:
+        if not topics or any(not t.strip() for t in topics):
+            errors.append(f"input_topics must hold at least one non-empty topic name, got {topics!r}")
+        elif len(set(topics)) != len(topics):
+            errors.append(f"input_topics has duplicates: {topics!r}")
+    extra = values.get("extra_fields")
+    if extra:
+        bad = [f for f in extra if f in ("x", "y", "z") or not f.strip()]
+        if bad or len(set(extra)) != len(extra):
+            errors.append(f"extra_fields must be distinct non-empty names other than x, y, z, got {extra!r}")
+    lo, hi, init = values.get("min_budget"), values.get("max_budget"), values.get("initial_budget")
+    if lo is not None and hi is not None and lo > hi:
+        errors.append(f"min_budget ({lo}) must be <= max_budget ({hi})")
+    elif init is not None and lo is not None and hi is not None and not lo <= init <= hi:
+        errors.append(f"initial_budget ({init}) must lie in [min_budget, max_budget] = [{lo}, {hi}]")
+    fusion = values.get("fusion_threshold")
+    if fusion is not None and fusion > 1.0:
+        errors.append(f"fusion_threshold must be -1 (budget-driven) or in [0, 1], got {fusion}")
+    return errors
+
+
+def validate_change(current: Mapping[str, Any], changes: Mapping[str, Any],
+                    allow_read_only: bool = False) -> list[str]:
+    """Problems of applying ``changes`` on top of ``current`` at run time (empty list: accepted)."""
+    errors = []
+    if not allow_read_only:
+        for name in changes:
+            if name in READ_ONLY and name in current and changes[name] != current[name]:
+                errors.append(f"{name} is read-only (restart the node to change it)")
+    merged = dict(current)
+    merged.update(changes)
+    return errors + validate_params(merged)
+
+
+def effective_bounds(min_budget: int, max_budget: int, model_min: int | None = None,
+                     model_max: int | None = None) -> tuple[int, int]:
+    """The parameter bounds intersected with the model's; the model's bounds win if they are disjoint."""
+    lo, hi = int(min_budget), int(max_budget)
+    mlo = int(model_min) if model_min is not None else None
+    mhi = int(model_max) if model_max is not None else None
+    if mlo is not None:
+        lo = max(lo, mlo)
+    if mhi is not None:
+        hi = min(hi, mhi)
+    if lo > hi:  # parameters outside the model's range: use the model's
+        lo = mlo if mlo is not None else hi
+        hi = mhi if mhi is not None else lo
+        lo, hi = min(lo, hi), max(lo, hi)
+    return max(lo, 1), max(hi, 1)
+
+
+def controller_config(params: Mapping[str, Any], deadline_s: float, model_min: int | None = None,
+                      model_max: int | None = None) -> BudgetControllerConfig:
+    """BudgetControllerConfig for a parameter set (deadline already resolved; bounds intersected)."""
+    lo, hi = effective_bounds(params["min_budget"], params["max_budget"], model_min, model_max)
+    init = min(max(int(params["initial_budget"]), lo), hi)
+    return BudgetControllerConfig(
+        deadline_s=float(deadline_s), setpoint=float(params["setpoint"]),
+        hysteresis=float(params["hysteresis"]), max_step=float(params["max_step"]),
+        min_budget=lo, max_budget=hi, initial_budget=init)
+
+
+def controller_changes(params_after: Mapping[str, Any], changed: Iterable[str],
+                       model_min: int | None = None, model_max: int | None = None) -> dict[str, Any]:
+    """``BudgetController.reconfigure`` keyword arguments for changed node parameters.
+
+    ``params_after`` is the complete parameter set after the change; ``deadline_ms`` is not handled
+    here (it needs the measured period, see :meth:`PeriodEstimator.deadline_s`).
+    """
+    changed = set(changed)
+    out: dict[str, Any] = {}
+    for name in ("setpoint", "hysteresis", "max_step"):
+        if name in changed:
+            out[name] = float(params_after[name])
+    if changed & {"min_budget", "max_budget", "initial_budget"}:
+        lo, hi = effective_bounds(params_after["min_budget"], params_after["max_budget"], model_min, model_max)
+        out["min_budget"], out["max_budget"] = lo, hi
+        out["initial_budget"] = min(max(int(params_after["initial_budget"]), lo), hi)
+    return out
+
+
+def fusion_threshold_arg(value: float) -> float | None:
+    """The predictor's ``fusion_threshold`` argument: None (budget-driven) for negative values."""
+    value = float(value)
+    return None if value < 0.0 or not math.isfinite(value) else value
+
+
+class PeriodEstimator:
+    """Sensor period from message inter-arrival times (median of the last ``window`` gaps).
+
+    The median ignores the occasional burst or gap (one lost message doubles one interval only).
+    Gaps longer than ``max_gap_s`` (sensor paused) are not counted.
+    """
+
+    def __init__(self, window: int = 31, max_gap_s: float = 5.0) -> None:
+        self._gaps: deque[float] = deque(maxlen=window)
+        self._last: float | None = None
+        self.max_gap_s = max_gap_s
+
+    def tick(self, t: float) -> None:
+        if self._last is not None:
+            gap = t - self._last
+            if 0.0 < gap <= self.max_gap_s:
+                self._gaps.append(gap)
+        self._last = t
+
+    @property
+    def period_s(self) -> float | None:
+        """Median period, or None until three intervals were measured."""
+        if len(self._gaps) < 3:
+            return None
+        gaps = sorted(self._gaps)
+        return gaps[len(gaps) // 2]
+
+    def deadline_s(self, deadline_ms: float, fallback_s: float = DEFAULT_DEADLINE_S) -> float:
+        """Deadline for ``deadline_ms``: the parameter if > 0, else the measured period (or fallback)."""
+        if deadline_ms > 0.0:
+            return float(deadline_ms) / 1000.0
+        period = self.period_s
+        return period if period is not None else fallback_s
+
+
+class LatencyStats:
+    """Sliding window of latencies (s) with percentiles."""
+
+    def __init__(self, window: int = 200) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+
+    def add(self, latency_s: float) -> None:
+        self._values.append(float(latency_s))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def percentile(self, q: float) -> float:
+        """q in [0, 100]; NaN when empty (nearest-rank on the sorted window)."""
+        if not self._values:
+            return math.nan
+        values = sorted(self._values)
+        rank = min(len(values) - 1, max(0, math.ceil(q / 100.0 * len(values)) - 1))
+        return values[rank]
+
+
+def diagnostic_level(*, frames: int, last_over_deadline: bool, over_streak: int, error_frames: int,
+                     predictor_failed: bool, decode_errors_recent: int = 0) -> tuple[int, str]:
+    """(level, message) of the node's diagnostic status.
+
+    ERROR: the last predictor call failed, or ``over_streak >= error_frames`` consecutive deadline
+    misses. WARN: the last frame missed the deadline, or malformed clouds arrived since the last
+    status. OK otherwise (also before the first frame, with a "waiting" message).
+    """
+    if predictor_failed:
+        return ERROR, "predictor failed on the last frame"
+    if over_streak >= error_frames:
+        return ERROR, f"over deadline for {over_streak} consecutive frames"
+    if last_over_deadline:
+        return WARN, "last frame over deadline"
+    if decode_errors_recent:
+        return WARN, f"{decode_errors_recent} malformed cloud(s) since the last status"
+    if frames == 0:
+        return OK, "waiting for input"
+    return OK, "running"
+
+
+def normalise(params: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Coerced copy of ``params`` (only known names)."""
+    out = {}
+    for name, value in params.items():
+        if names is not None and name not in names:
+            continue
+        spec = SPECS_BY_NAME.get(name)
+        out[name] = coerce_value(spec, value) if spec is not None else value
+    return out

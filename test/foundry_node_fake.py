@@ -1,0 +1,17 @@
+"""Run the Foundry node with the FakePredictor (test helper; same CLI as foundry-node)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fake_predictor import FakePredictor  # noqa: E402
+
+from foundry_ros.node import main  # noqa: E402
+
+
+def factory(model_path: str, device: str, precision: str) -> FakePredictor:
+    return FakePredictor()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], predictor_factory=factory))

@@ -1,0 +1,189 @@
+"""foundry_ros.params: the Foundry node's parameter rules as pure functions (no rclpy, no spinning),
+plus the shipped config/foundry.yaml and launch/foundry.launch.py checked against them."""
+from __future__ import annotations
+
+import math
+import py_compile
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foundry_ros import params as P
+from foundry_ros.budget import BudgetController
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid_and_documented():
+    defaults = P.default_params()
+    assert P.validate_params(defaults) == []
+    for spec in P.PARAM_SPECS:
+        assert spec.description, spec.name
+        if spec.lo is not None:
+            assert spec.lo <= spec.default <= spec.hi, spec.name
+    assert defaults["qos_reliability"] == "best_effort" and defaults["qos_depth"] == 1
+    assert defaults["input_topics"] == ["/points"] and defaults["fusion_threshold"] == -1.0
+    assert P.READ_ONLY == {"model_path", "device", "precision", "input_topics", "qos_reliability", "qos_depth",
+                           "extra_fields"}
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"min_budget": 9000}, "min_budget (9000) must be <= max_budget"),
+    ({"max_budget": 32}, "must be <= max_budget"),
+    ({"initial_budget": 10000}, "initial_budget (10000) must lie in"),
+    ({"deadline_ms": -1.0}, "deadline_ms must be >= 0"),
+    ({"setpoint": 1.5}, "setpoint must be <= 1.0"),
+    ({"hysteresis": 0.5}, "hysteresis must be <= 0.49"),
+    ({"qos_reliability": "sometimes"}, "qos_reliability must be one of"),
+    ({"precision": "int4"}, "precision must be one of"),
+    ({"qos_depth": 0}, "qos_depth must be >= 1"),
+    ({"input_topics": []}, "input_topics must hold at least one"),
+    ({"input_topics": ["/a", "/a"]}, "duplicates"),
+    ({"extra_fields": ["z"]}, "extra_fields must be distinct"),
+    ({"max_age_s": float("nan")}, "must be finite"),
+    ({"min_budget": 1.5}, "min_budget must be of type int"),
+    ({"controller_enabled": 1}, "must be of type bool"),
+    ({"fusion_threshold": 1.5}, "fusion_threshold must be <= 1.0"),
+])
+def test_invalid_values_rejected_with_reason(changes, fragment):
+    errors = P.validate_change(P.default_params(), changes, allow_read_only=True)
+    assert errors and any(fragment in e for e in errors), errors
+
+
+def test_run_time_changes_and_read_only():
+    cur = P.default_params()
+    assert P.validate_change(cur, {"deadline_ms": 80.0, "setpoint": 0.7}) == []
+    assert P.validate_change(cur, {"deadline_ms": 80}) == []  # an int for a float is fine
+    assert P.validate_change(cur, {"min_budget": 128, "max_budget": 4096}) == []  # atomic pair
+    errors = P.validate_change(cur, {"model_path": "/other.pt"})
+    assert errors == ["model_path is read-only (restart the node to change it)"]
+    assert P.validate_change(cur, {"model_path": cur["model_path"]}) == []  # unchanged is fine
+    assert P.coerce_value(P.SPECS_BY_NAME["extra_fields"], None) == []  # `[]` in YAML = NOT_SET
+
+
+def test_controller_config_and_changes_apply_to_the_controller():
+    p = P.default_params()
+    cfg = P.controller_config(p, deadline_s=0.05, model_min=16, model_max=2048)
+    assert (cfg.min_budget, cfg.max_budget, cfg.initial_budget) == (64, 2048, 1024)
+    assert cfg.deadline_s == 0.05 and cfg.setpoint == p["setpoint"]
+    ctl = BudgetController(cfg)
+    p2 = dict(p, min_budget=256, max_budget=512)
+    kw = P.controller_changes(p2, ["min_budget", "max_budget"], 16, 2048)
+    assert kw == {"min_budget": 256, "max_budget": 512, "initial_budget": 512}
+    assert ctl.reconfigure(**kw) == 512  # current budget clamped immediately
+    assert P.controller_changes(dict(p, setpoint=0.5), ["setpoint", "publish_embeddings"]) == {"setpoint": 0.5}
+
+
+def test_effective_bounds():
+    assert P.effective_bounds(64, 8192) == (64, 8192)
+    assert P.effective_bounds(64, 8192, 16, 4096) == (64, 4096)
+    assert P.effective_bounds(8, 8192, 16, None) == (16, 8192)
+    assert P.effective_bounds(10_000, 20_000, 16, 4096) == (16, 4096)  # disjoint: the model's
+
+
+def test_fusion_threshold_argument():
+    assert P.fusion_threshold_arg(-1.0) is None
+    assert P.fusion_threshold_arg(-0.3) is None
+    assert P.fusion_threshold_arg(0.0) == 0.0 and P.fusion_threshold_arg(0.7) == 0.7
+
+
+def test_deadline_from_parameter_or_sensor_period():
+    est = P.PeriodEstimator()
+    assert est.deadline_s(80.0) == pytest.approx(0.08)
+    assert est.deadline_s(0.0) == P.DEFAULT_DEADLINE_S  # nothing measured yet
+    t = 100.0
+    for gap in [0.1, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1]:  # one lost frame (0.3 s gap) does not matter
+        est.tick(t)
+        t += gap
+    est.tick(t)
+    assert est.period_s == pytest.approx(0.1)
+    assert est.deadline_s(0.0) == pytest.approx(0.1)
+    est.tick(t + 60.0)  # a long pause is not a period
+    assert est.period_s == pytest.approx(0.1)
+
+
+def test_latency_percentiles():
+    stats = P.LatencyStats(window=100)
+    assert math.isnan(stats.percentile(50))
+    for v in range(1, 101):
+        stats.add(v / 1000)
+    assert stats.percentile(50) == pytest.approx(0.050)
+    assert stats.percentile(95) == pytest.approx(0.095)
+
+
+def test_diagnostic_levels():
+    base = dict(frames=10, last_over_deadline=False, over_streak=0, error_frames=5, predictor_failed=False)
+    assert P.diagnostic_level(**base)[0] == P.OK
+    assert P.diagnostic_level(**dict(base, frames=0)) == (P.OK, "waiting for input")
+    assert P.diagnostic_level(**dict(base, last_over_deadline=True, over_streak=2))[0] == P.WARN
+    assert P.diagnostic_level(**dict(base, last_over_deadline=True, over_streak=5))[0] == P.ERROR
+    assert P.diagnostic_level(**dict(base, predictor_failed=True))[0] == P.ERROR
+    assert P.diagnostic_level(**dict(base, decode_errors_recent=2))[0] == P.WARN
+
+
+def test_shipped_params_file_covers_every_parameter():
+    doc = yaml.safe_load((ROOT / "config" / "foundry.yaml").read_text())
+    values = doc["foundry"]["ros__parameters"]
+    assert set(values) == set(P.SPECS_BY_NAME)
+    assert P.validate_params(values) == []
+    text = (ROOT / "config" / "foundry.yaml").read_text().splitlines()
+    for name in values:  # every parameter has a comment line right above it
+        i = next(k for k, line in enumerate(text) if line.strip().startswith(f"{name}:"))
+        assert text[i - 1].strip().startswith("#"), name
+
+
+def test_launch_file_compiles_and_builds_the_node(tmp_path, monkeypatch):
+    launch_file = ROOT / "launch" / "foundry.launch.py"
+    py_compile.compile(str(launch_file), doraise=True)
+    # launch / launch_ros are not installable here: run the file against minimal stand-ins.
+    config = tmp_path / "share" / "foundry_ros" / "config" / "foundry.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("foundry: {ros__parameters: {}}\n")
+    args = {"config": str(config), "model": "/m.pt", "input_topic": "/lidar", "device": "", "backend": "cuda",
+            "precision": "", "namespace": "robot1", "log_level": "warn", "use_sim_time": "true"}
+
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    def record(kind):
+        return lambda *a, **kw: (kind, a, kw)
+
+    stubs = {
+        "launch": types.SimpleNamespace(LaunchDescription=list),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=record("arg"),
+                                                OpaqueFunction=record("opaque")),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
+        "launch_ros": types.SimpleNamespace(), "launch_ros.actions": types.SimpleNamespace(Node=record("node")),
+        "ament_index_python": types.SimpleNamespace(),
+        "ament_index_python.packages": types.SimpleNamespace(
+            get_package_share_directory=lambda pkg: str(tmp_path / "share" / pkg)),
+    }
+    for name, mod in stubs.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    ns: dict = {"__name__": "foundry_launch"}
+    exec(compile(launch_file.read_text(), str(launch_file), "exec"), ns)
+    entries = ns["generate_launch_description"]()
+    declared = {e[1][0]: e[2]["default_value"] for e in entries if e[0] == "arg"}
+    assert declared["config"] == str(config)
+    assert {"model", "input_topic", "device", "backend"} <= set(declared)
+    opaque = [e for e in entries if e[0] == "opaque"][0]
+    [(kind, _, node)] = opaque[2]["function"](args)
+    assert kind == "node" and node["package"] == "foundry_ros" and node["executable"] == "foundry-node"
+    assert node["name"] == "foundry" and node["namespace"] == "robot1"
+    assert node["parameters"] == [str(config), {"model_path": "/m.pt", "device": "cuda", "input_topics": ["/lidar"],
+                                                "use_sim_time": True}]
+    assert node["ros_arguments"] == ["--log-level", "warn"]
+
+
+def test_setup_installs_the_node_executable():
+    setup_py = (ROOT / "setup.py").read_text()
+    assert '"foundry-node = foundry_ros.node:main"' in setup_py
+    cfg = (ROOT / "setup.cfg").read_text()
+    assert "script_dir=$base/lib/foundry_ros" in cfg and "install_scripts=$base/lib/foundry_ros" in cfg
