@@ -188,9 +188,9 @@ class FoundryNode(Node):
         # Imported here so that importing this module needs no generated foundry_msgs.
         from diagnostic_msgs.msg import DiagnosticArray
         from foundry_msgs.msg import InferenceReport, LabelMap, TokenEmbeddings
-        from sensor_msgs.msg import PointCloud2
+        from sensor_msgs.msg import PointCloud2, PointField
 
-        self._PointCloud2 = PointCloud2
+        self._PointCloud2, self._PointField = PointCloud2, PointField
         self._InferenceReport, self._TokenEmbeddings, self._LabelMap = InferenceReport, TokenEmbeddings, LabelMap
         self._DiagnosticArray = DiagnosticArray
 
@@ -208,6 +208,7 @@ class FoundryNode(Node):
         self._model_hash = str(getattr(self._predictor, "model_hash", ""))
         self._model_min = getattr(self._predictor, "min_budget", None)
         self._model_max = getattr(self._predictor, "max_budget", None)
+        self._check_channels(getattr(self._predictor, "in_channels", None))
 
         # ---- controller and statistics --------------------------------------------------------
         self._lock = threading.RLock()  # controller, parameters, counters
@@ -306,6 +307,19 @@ class FoundryNode(Node):
                 d.floating_point_range = [FloatingPointRange(from_value=float(spec.lo), to_value=float(spec.hi),
                                                              step=0.0)]
         return d
+
+    def _check_channels(self, in_channels: Any) -> None:
+        """Fail fast when extra_fields gives the model fewer input channels than it needs."""
+        if in_channels is None:
+            return
+        have = 3 + len(self._p["extra_fields"])
+        if int(in_channels) > have:
+            raise ValueError(f"the model needs {int(in_channels)} input channels (xyz + {int(in_channels) - 3}), "
+                             f"extra_fields {self._p['extra_fields']} gives {have}: list the missing PointCloud2 "
+                             f"fields in extra_fields")
+        if int(in_channels) < have:
+            self.get_logger().warning(f"extra_fields {self._p['extra_fields']} gives {have} channels, the model "
+                                      f"uses {int(in_channels)}: the extra ones are ignored")
 
     def _read_parameters(self) -> dict[str, Any]:
         from rclpy.exceptions import ParameterUninitializedException
@@ -427,8 +441,9 @@ class FoundryNode(Node):
                 self._stale_total += 1
             self._slot = _Frame(msg, recv, topic)
             self._received += 1
-            self._period.tick(recv)
             self._cond.notify()
+        with self._lock:  # the estimator is read under this lock by the worker and the parameter callback
+            self._period.tick(recv)
 
     # ============================================================================================
     # worker
@@ -575,7 +590,8 @@ class FoundryNode(Node):
         report.preprocess_ms = float((t_decoded - t0) * 1e3 + _f32(timings.get("preprocess", 0.0)))
         report.tokenize_ms = _f32(timings.get("tokenize", 0.0))
         report.encode_ms = _f32(timings.get("encode", 0.0))
-        report.head_ms = float(_f32(timings.get("head", 0.0)) + (t_mapped - t_predicted) * 1e3)
+        report.head_ms = float(_f32(timings.get("head", 0.0)) + _f32(timings.get("postprocess", 0.0))
+                               + (t_mapped - t_predicted) * 1e3)
         report.publish_ms = float((t_published - t_mapped) * 1e3)
         report.frame_index = _u32(index)
         report.frames_dropped_stale = _u32(stale)
@@ -591,8 +607,7 @@ class FoundryNode(Node):
             raise ValueError("predictor result has no report")
 
     def _segments_msg(self, header: Any, decoded: DecodedCloud, outputs: dict[str, np.ndarray]) -> Any:
-        from sensor_msgs.msg import PointField
-
+        PointField = self._PointField
         specs, point_step, data = encode_pointcloud2_fields(outputs, order=SEGMENT_FIELDS)
         msg = self._PointCloud2()
         msg.header = header

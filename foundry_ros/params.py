@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("auto", "fp32", "fp16")  # PredictorConfig.precision (+ "auto": not passed)
 #: Deadline used while ``deadline_ms == 0`` and the sensor period has not been measured yet.
 DEFAULT_DEADLINE_S = 0.1
 #: Diagnostic levels (same bytes as diagnostic_msgs/DiagnosticStatus OK/WARN/ERROR).
@@ -65,9 +65,11 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     # --- model (read-only: a change needs a model reload) ------------------------------------
     ParamSpec("model_path", "", "str", "Exported Foundry model file passed to Predictor.from_checkpoint.",
               read_only=True, constraints="required unless a predictor factory is injected"),
-    ParamSpec("device", "cpu", "str", "Torch device of the predictor, e.g. 'cpu', 'cuda', 'cuda:0'.",
-              read_only=True),
-    ParamSpec("precision", "auto", "str", "Encoder precision override; 'auto' keeps the model's own.",
+    ParamSpec("device", "auto", "str",
+              "Torch device of the predictor: 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.",
+              read_only=True, constraints="auto, cpu, cuda or cuda:N"),
+    ParamSpec("precision", "auto", "str",
+              "Encoder precision: fp16 (CUDA autocast; fp32 on CPU) or fp32; 'auto' = the predictor's default.",
               read_only=True, choices=PRECISION_CHOICES, constraints="one of " + ", ".join(PRECISION_CHOICES)),
     # --- input ----------------------------------------------------------------------------------
     ParamSpec("input_topics", ["/points"], "str[]",
@@ -201,6 +203,10 @@ def validate_params(params: Mapping[str, Any]) -> list[str]:
         errors.append(f"min_budget ({lo}) must be <= max_budget ({hi})")
     elif init is not None and lo is not None and hi is not None and not lo <= init <= hi:
         errors.append(f"initial_budget ({init}) must lie in [min_budget, max_budget] = [{lo}, {hi}]")
+    device = values.get("device")
+    if device is not None and not (device in ("auto", "cpu", "cuda") or
+                                   (device.startswith("cuda:") and device[5:].isdigit())):
+        errors.append(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     fusion = values.get("fusion_threshold")
     if fusion is not None and fusion > 1.0:
         errors.append(f"fusion_threshold must be -1 (budget-driven) or in [0, 1], got {fusion}")

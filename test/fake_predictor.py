@@ -26,8 +26,9 @@ class FakePredictor:
     max_budget = 16384
 
     def __init__(self, num_centers: int = 8192, sec_per_token: float = 4e-6, base_s: float = 0.001,
-                 dim: int = 8) -> None:
+                 dim: int = 8, in_channels: int | None = None) -> None:
         self.num_centers, self.sec_per_token, self.base_s, self.dim = num_centers, sec_per_token, base_s, dim
+        self.in_channels = in_channels  # like Predictor.in_channels (None: not checked by the node)
         self.calls = 0
 
     def label_info(self) -> list[LabelInfo]:
@@ -37,8 +38,8 @@ class FakePredictor:
     def __call__(self, points, budget=None, fusion_threshold=None) -> PredictorResult:
         t0 = time.perf_counter()
         pts = np.asarray(points, dtype=np.float32)
-        if pts.ndim != 2 or pts.shape[1] < 3:
-            raise ValueError(f"points must be (N, 3+F), got {pts.shape}")
+        if pts.ndim != 2 or pts.shape[1] < (self.in_channels or 3):
+            raise ValueError(f"points must be (N, {self.in_channels or 3}+), got {pts.shape}")
         if np.any(pts[:, 0] == FAIL_X):
             raise RuntimeError("fake predictor failure requested by the input")
         self.calls += 1

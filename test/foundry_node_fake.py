@@ -10,7 +10,7 @@ from foundry_ros.node import main  # noqa: E402
 
 
 def factory(model_path: str, device: str, precision: str) -> FakePredictor:
-    return FakePredictor()
+    return FakePredictor(in_channels=4)  # xyz + intensity: the node must be given extra_fields ["intensity"]
 
 
 if __name__ == "__main__":

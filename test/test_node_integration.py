@@ -435,11 +435,15 @@ def test_clean_shutdown_on_sigint(h):
 
 
 def test_shipped_config_loads_and_invalid_start_parameters_fail_fast(tmp_path):
-    """config/foundry.yaml as rcl reads it (e.g. `extra_fields: []` is NOT_SET) and start-up validation."""
+    """config/foundry.yaml as rcl reads it (e.g. `extra_fields: []` is NOT_SET) and start-up checks."""
     env = dds.ros_env(workdir=tmp_path / "ros")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "test" / "foundry_node_fake.py"), "--params-file", str(ROOT / "config" / "foundry.yaml"),
-         "--ros-args", "-p", "min_budget:=9000"],
-        env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1, out.stderr
-    assert "min_budget (9000) must be <= max_budget (8192)" in out.stderr, out.stderr
+    base = [sys.executable, str(ROOT / "test" / "foundry_node_fake.py"),
+            "--params-file", str(ROOT / "config" / "foundry.yaml")]
+    for extra, message in [
+        (["--ros-args", "-p", "min_budget:=9000"], "min_budget (9000) must be <= max_budget (8192)"),
+        ([], "the model needs 4 input channels"),  # the fake wants intensity, the shipped config gives xyz
+    ]:
+        out = subprocess.run(base + extra, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 1, out.stderr
+        assert message in out.stderr, out.stderr
