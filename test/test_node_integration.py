@@ -8,6 +8,7 @@ come back within RETRY_S.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -236,12 +237,13 @@ class Harness:
         return fut.result().results
 
 
-@pytest.fixture(scope="module")
-def h(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("foundry_node")
+@contextlib.contextmanager
+def node_harness(tmp: Path, node_argv: list[str], overrides: str):
+    """Start a node process (node_argv after the interpreter) on loopback-only DDS with the shipped
+    config plus `overrides` (params-file text); yield a Harness once everything is matched."""
     env = dds.ros_env(workdir=tmp / "ros")
-    overrides = tmp / "overrides.yaml"
-    overrides.write_text(OVERRIDES)
+    overrides_path = tmp / "overrides.yaml"
+    overrides_path.write_text(overrides)
     log = tmp / "node.log"
     with pytest.MonkeyPatch.context() as mp:
         for key, value in dds.ros_overrides(env).items():
@@ -250,8 +252,8 @@ def h(tmp_path_factory):
             mp.delenv(key, raising=False)
         with open(log, "w") as log_f:
             child = subprocess.Popen(
-                [sys.executable, str(ROOT / "test" / "foundry_node_fake.py"),
-                 "--params-file", str(ROOT / "config" / "foundry.yaml"), "--params-file", str(overrides)],
+                [sys.executable, *node_argv,
+                 "--params-file", str(ROOT / "config" / "foundry.yaml"), "--params-file", str(overrides_path)],
                 env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
         ctx = Context()
         rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
@@ -275,6 +277,13 @@ def h(tmp_path_factory):
                 harness.node.destroy_node()
             rclpy.shutdown(context=ctx)
     dds.remove_stale_shm_segments()
+
+
+@pytest.fixture(scope="module")
+def h(tmp_path_factory):
+    with node_harness(tmp_path_factory.mktemp("foundry_node"), [str(ROOT / "test" / "foundry_node_fake.py")],
+                      OVERRIDES) as harness:
+        yield harness
 
 
 # ------------------------------------------------------------------------------------------------
