@@ -20,6 +20,7 @@ class ModelConfig:
     num_groups: int = 64            # c: centers per cloud
     group_size: int = 32            # k: points per group
     in_channels: int = 3            # xyz (+ extra channels such as intensity)
+    pos_every_layer: bool = True    # Point-JEPA adds the positional embedding before every block
 
     def __post_init__(self) -> None:
         from .models.encoder import PRESETS

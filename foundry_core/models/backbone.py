@@ -29,7 +29,7 @@ def encoder_kwargs(cfg: ModelConfig) -> dict:
     for key in ("dim", "depth", "heads"):
         if getattr(cfg, key) is not None:
             base[key] = getattr(cfg, key)
-    return {**base, "mlp_ratio": cfg.mlp_ratio, "drop_path": cfg.drop_path}
+    return {**base, "mlp_ratio": cfg.mlp_ratio, "drop_path": cfg.drop_path, "pos_every_layer": cfg.pos_every_layer}
 
 
 class PointBackbone(nn.Module):

@@ -77,15 +77,17 @@ def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class TransformerEncoder(nn.Module):
-    """Stack of pre-norm blocks; the positional embedding is added before every block (Point-JEPA).
+    """Stack of pre-norm blocks; the positional embedding is added before every block (Point-JEPA),
+    or only before the first one (pos_every_layer=False, as in a plain ViT).
 
     forward(x (B, T, D), pos (B, T, D), keep (B, T) bool | None) -> EncoderOutput
     """
 
     def __init__(self, dim: int = 384, depth: int = 12, heads: int = 6, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path: float = 0.0):
+                 qkv_bias: bool = True, drop_path: float = 0.0, pos_every_layer: bool = True):
         super().__init__()
         self.dim, self.depth, self.heads = dim, depth, heads
+        self.pos_every_layer = pos_every_layer
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias, r) for r in rates)
         self.norm = nn.LayerNorm(dim)
@@ -100,8 +102,8 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor | None = None) -> EncoderOutput:
         bias = None if keep is None else key_padding_bias(keep, x.dtype)
         hidden = []
-        for blk in self.blocks:
-            x = blk(x + pos, bias)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x + pos if (self.pos_every_layer or i == 0) else x, bias)
             hidden.append(x)
         return EncoderOutput(last=self.norm(x), hidden=hidden)
 

@@ -157,7 +157,7 @@ def tome_encode(encoder: TransformerEncoder, x: torch.Tensor, pos: torch.Tensor,
     source = torch.arange(c, device=x.device).unsqueeze(0).expand(b, -1)
     hidden, sources, sizes, counts = [], [], [], []
     for i, blk in enumerate(encoder.blocks):
-        h = x + pos
+        h = x + pos if (encoder.pos_every_layer or i == 0) else x
         a, metric = tome_attention(blk, blk.norm1(h), size if (prop_attn and merged_yet) else None)
         h = h + blk.drop_path(a)
         r = r_schedule[i] if i < len(r_schedule) else 0
