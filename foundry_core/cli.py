@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="pre-training vs random initialisation (probe + fine-tune, "
                        "several seeds) -> docs/results/pretrain.json")
-    _config_arg(p, _default("experiment_infomr.yaml"))
+    _config_arg(p, _default("experiment_shapes69.yaml"))
     p.add_argument("--output", default="docs/results/pretrain.json")
 
     p = sub.add_parser("demo", help="the embedded default: pre-train a tiny teacher on generated shapes "

@@ -6,7 +6,7 @@ For a pre-training checkpoint it measures, on held-out clouds and the same masks
   * the loss of predicting the dataset-mean target (no information at all);
   * how much of the LayerNorm'd target varies across the tokens of a cloud (collapse indicator),
     for the pre-trained target encoder and for a randomly initialised one.
-Usage: python scripts/jepa_diagnostics.py --config config/experiment_infomr.yaml \
+Usage: python scripts/jepa_diagnostics.py --config config/experiment_shapes69.yaml \
            --checkpoint runs/experiment_infomr/pretrain_s0/last.safetensors
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def token_diversity(backbone: PointBackbone, points: torch.Tensor) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="config/experiment_infomr.yaml")
+    ap.add_argument("--config", default="config/experiment_shapes69.yaml")
     ap.add_argument("--checkpoint", default="runs/experiment_infomr/pretrain_s0/last.safetensors")
     ap.add_argument("--clouds", type=int, default=64)
     ap.add_argument("--output", default="docs/results/jepa_diagnostics.json")

@@ -39,7 +39,7 @@ def test_shipped_values_are_typed(tmp_path):
     cfg = load_config(FinetuneConfig, CONFIG_DIR / "partseg_synthetic.yaml")
     assert cfg.task == "partseg" and cfg.seg_layers == [2, 3, 4] and cfg.data.with_seg is True
     assert cfg.model.dim == 192 and isinstance(cfg.optim.lr, float)
-    exp = load_config(ExperimentConfig, CONFIG_DIR / "experiment_infomr.yaml")
+    exp = load_config(ExperimentConfig, CONFIG_DIR / "experiment_shapes69.yaml")
     assert exp.seeds == [0, 1] and exp.pretrain.model.encoder == "vit_t"
     assert len(exp.pretrain.jepa.ema) == 2 and all(isinstance(v, float) for v in exp.pretrain.jepa.ema)
 
