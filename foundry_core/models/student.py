@@ -107,8 +107,10 @@ class FoundryStudent(FreezableBackbone):
         tok = self.tokenizer(points, generator=generator)
         return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
 
-    def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None) -> StudentOutput:
-        """Student on given tokenizer output (lets distillation share one tokenization with the teacher)."""
+    def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
+               points: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StudentOutput:
+        """Student on given tokenizer output (lets distillation share one tokenization with the teacher).
+        points / generator: accepted for the common distillable interface (used by baselines only)."""
         s = self.num_supertokens
         t = self.token_proj(tok.tokens)                             # (B, c, d)
         p = self.pos_proj(tok.pos)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import colorsys
 import contextlib
 import hashlib
-import inspect
 import logging
 import math
 import time
@@ -164,13 +163,7 @@ def encode(backbone: nn.Module, tok: Tokens, budget: int | None = None, fusion_t
         return backbone.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
     if isinstance(backbone, PointBackbone):
         return BackboneOutput(tokens=tok, encoded=backbone.encoder(tok.tokens, tok.pos))
-    params = inspect.signature(backbone.encode).parameters
-    kwargs = {}
-    if "points" in params and points is not None:
-        kwargs["points"] = points
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return backbone.encode(tok, **kwargs)
+    return backbone.encode(tok, points=points, generator=generator)
 
 
 def nearest_centers(centers: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

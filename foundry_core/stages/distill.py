@@ -42,10 +42,7 @@ class Distiller(nn.Module):
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, StudentOutput]:
         tok = self.student.tokenizer(points)
         y = self.teacher_tokens(tok)
-        if getattr(self.student, "kind", "") == "fewer_centers":   # regroups the raw cloud itself
-            out = self.student.encode(tok, points=points)
-        else:
-            out = self.student.encode(tok)
+        out = self.student.encode(tok, points=points)   # students that regroup use the raw cloud
         if self.loss == "mse":
             rec = F.mse_loss(out.last, y)
         else:

@@ -115,7 +115,8 @@ class KMeansPrototypes(TokenReductionBackbone):
         d = torch.cdist(tokens, protos, compute_mode="donot_use_mm_for_euclid_dist")
         return d.argmin(-1)
 
-    def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None) -> BaselineOutput:
+    def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
+               points: torch.Tensor | None = None, generator: torch.Generator | None = None) -> BaselineOutput:
         self._check_no_gate(fusion_threshold)
         if not bool(self.fitted):
             raise RuntimeError("KMeansPrototypes.fit() has not been called (prototypes are not fitted)")

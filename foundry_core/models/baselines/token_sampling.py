@@ -175,7 +175,8 @@ class RandomTokenSampling(TokenReductionBackbone):
         return idx.sort(dim=1).values.to(device)
 
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
-               generator: torch.Generator | None = None, kept_idx: torch.Tensor | None = None) -> BaselineOutput:
+               generator: torch.Generator | None = None, kept_idx: torch.Tensor | None = None,
+               points: torch.Tensor | None = None) -> BaselineOutput:
         """kept_idx (B, c') overrides the random draw (e.g. to reuse one draw for several models)."""
         self._check_no_gate(fusion_threshold)
         t, p = self.token_proj(tok.tokens), self.pos_proj(tok.pos)
@@ -282,7 +283,7 @@ class FewerCenters(TokenReductionBackbone):
                       center_idx=center_idx, group_idx=group_idx, groups=feats)
 
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
-               points: torch.Tensor | None = None) -> BaselineOutput:
+               points: torch.Tensor | None = None, generator: torch.Generator | None = None) -> BaselineOutput:
         self._check_no_gate(fusion_threshold)
         if budget is not None and budget < self.num_centers:
             raise ValueError(f"token budget {budget} is smaller than the number of centers {self.num_centers}")

@@ -225,7 +225,8 @@ class ToMeBackbone(TokenReductionBackbone):
         self.init_kwargs.update(r_schedule=list(self.r_schedule), prop_attn=self.prop_attn)
 
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
-               r_schedule: list[int] | None = None) -> BaselineOutput:
+               r_schedule: list[int] | None = None, points: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> BaselineOutput:
         """r_schedule overrides the module's schedule for this call."""
         self._check_no_gate(fusion_threshold)
         t, p = self.token_proj(tok.tokens), self.pos_proj(tok.pos)
