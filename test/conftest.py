@@ -55,3 +55,10 @@ def tiny_teacher(tmp_path_factory) -> str:
     from foundry_core.stages.pretrain import run_pretrain
     out = tmp_path_factory.mktemp("teacher")
     return run_pretrain(tiny_pretrain(out, epochs=1))["backbone"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _foundry_cache(tmp_path_factory):
+    """ONNX exports and engines of the tests go to a temporary cache, never ~/.cache."""
+    import os
+    os.environ["FOUNDRY_CACHE_DIR"] = str(tmp_path_factory.mktemp("foundry_cache"))

@@ -204,7 +204,8 @@ def test_report_fields_and_label_info(student_path):
     res = pred(cloud(600, seed=7))
     r = res.report
     digest = hashlib.sha256(open(student_path, "rb").read()).hexdigest()
-    assert r.backend == "torch-cpu" and r.precision == "fp32"          # fp16 falls back on CPU
+    assert r.backend == "onnxruntime-cpu" and r.precision == "fp32"    # auto on CPU; fp16 falls back
+    assert [rung for rung, _ in pred.backend_choice.skipped] == ["tensorrt", "torch-cuda"]
     assert len(r.model_hash) == 12 and r.model_hash == digest[:12]
     assert {"preprocess", "tokenize", "encode", "head", "total"} <= set(r.timings_ms)
     assert all(v >= 0 for v in r.timings_ms.values())
@@ -219,7 +220,7 @@ def test_report_fields_and_label_info(student_path):
 @pytest.mark.parametrize("fold", [True, False])
 def test_chunked_head_matches_head_forward(student_path, fold):
     cfg = scene_pre()
-    pred = Predictor.from_checkpoint(student_path, preprocess=cfg, head_chunk=97, fold_head=fold)
+    pred = Predictor.from_checkpoint(student_path, preprocess=cfg, head_chunk=97, fold_head=fold, backend="torch")
     assert (pred.folded_mlp is not None) == fold
     with torch.no_grad():   # non-trivial BatchNorm statistics, so folding is exercised
         for mod in pred.head.mlp:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..configs import DataConfig
+from ..sim.dataset import load_sim_scenes
 from .augment import build_augmentation
 from .formats import load_dataset
 from .point_dataset import PointCloudDataset
@@ -11,9 +12,13 @@ from .synthetic import generate_shapes
 
 def load_splits(cfg: DataConfig) -> tuple[ShapeSet, ShapeSet]:
     """(train, test) ShapeSets. split=stratified: one fixed stratified split (seeded) of the whole
-    set; split=loader: the dataset's own train/test files."""
+    set; split=loader: the dataset's own train/test files (sim_scenes: disjoint scene ranges)."""
     if cfg.source == "synthetic":
         shapes = generate_shapes(cfg.synthetic_shapes, cfg.num_points, seed=cfg.synthetic_seed, **cfg.options)
+    elif cfg.source == "sim_scenes":          # simulated LiDAR / depth scenes (foundry_core.sim); root unused
+        if cfg.split == "loader":
+            return load_sim_scenes(split="train", **cfg.options), load_sim_scenes(split="test", **cfg.options)
+        shapes = load_sim_scenes(split="all", **cfg.options)
     elif cfg.split == "loader":
         return (load_dataset(cfg.source, cfg.root, split="train", **cfg.options),
                 load_dataset(cfg.source, cfg.root, split="test", **cfg.options))

@@ -47,20 +47,36 @@ def forced_merges(num_tokens: int, num_supertokens: int, budget: int | None) -> 
     return min(num_tokens, num_tokens - budget + num_supertokens)
 
 
+def forced_merges_tensor(probs: torch.Tensor, num_supertokens: int, slots: torch.Tensor) -> torch.Tensor:
+    """forced_merges as a 0-d int64 tensor computed from shapes only (exportable): probs (B, c),
+    slots (L,) the encoder slots (L = min(budget, c)); L < c -> c - L + s, else 0."""
+    c = torch.ones_like(probs[0], dtype=torch.int64).sum()
+    length = torch.ones_like(slots, dtype=torch.int64).sum()
+    return torch.where(length < c, c - length + num_supertokens, torch.zeros_like(c))
+
+
 def rank_descending(probs: torch.Tensor) -> torch.Tensor:
-    """probs (B, c) -> rank (B, c) int64 of every entry in descending order (0 = largest)."""
-    order = torch.argsort(probs, dim=1, descending=True, stable=True)
-    return torch.argsort(order, dim=1)
+    """probs (B, c) -> rank (B, c) int64 of every entry in descending order (0 = largest; ties
+    broken by index, i.e. a stable sort). Pairwise comparisons (B, c, c) instead of a stable sort,
+    which ONNX has no operator for."""
+    c = probs.shape[1]
+    ar = torch.arange(c, device=probs.device)
+    pi, pj = probs.unsqueeze(2), probs.unsqueeze(1)              # i: the entry ranked, j: the others
+    before = (pj > pi) | ((pj == pi) & (ar.view(1, 1, c) < ar.view(1, c, 1)))
+    return before.sum(dim=2)
 
 
 def merge_mask(probs: torch.Tensor, num_supertokens: int, budget: int | None = None,
-               fusion_threshold: float | None = None) -> torch.Tensor:
-    """Fixed-shape selection of the tokens to merge: probs (B, c) -> (B, c) bool."""
-    n_forced = forced_merges(probs.shape[1], num_supertokens, budget)
-    if n_forced > 0:
-        merge = rank_descending(probs) < n_forced
+               fusion_threshold: float | torch.Tensor | None = None,
+               n_forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Fixed-shape selection of the tokens to merge: probs (B, c) -> (B, c) bool.
+    n_forced (0-d tensor, see forced_merges_tensor) replaces the integer budget rule when given."""
+    if n_forced is None:
+        n_forced = forced_merges(probs.shape[1], num_supertokens, budget)
+        merge = (rank_descending(probs) < n_forced if n_forced > 0
+                 else torch.zeros_like(probs, dtype=torch.bool))
     else:
-        merge = torch.zeros_like(probs, dtype=torch.bool)
+        merge = rank_descending(probs) < n_forced
     if fusion_threshold is not None:
         merge = merge | (probs > fusion_threshold)
     return merge
@@ -82,15 +98,17 @@ class TokenGate(nn.Module):
         return torch.sigmoid(self.fc2(self.act(self.fc1(tokens)))).squeeze(-1)
 
     def select(self, probs: torch.Tensor, num_supertokens: int, budget: int | None = None,
-               fusion_threshold: float | None = None) -> GateOutput:
-        if budget is None and fusion_threshold is None:
+               fusion_threshold: float | torch.Tensor | None = None,
+               n_forced: torch.Tensor | None = None) -> GateOutput:
+        if budget is None and fusion_threshold is None and n_forced is None:
             fusion_threshold = self.threshold
-        merge = merge_mask(probs, num_supertokens, budget, fusion_threshold)
+        merge = merge_mask(probs, num_supertokens, budget, fusion_threshold, n_forced)
         hard = merge.to(probs.dtype)
         selection = hard + (probs - probs.detach()) if self.training else hard
         loss = -self.reg_weight * probs.sum(dim=1).mean()
         return GateOutput(probs=probs, merge=merge, selection=selection, loss=loss)
 
     def forward(self, tokens: torch.Tensor, num_supertokens: int, budget: int | None = None,
-                fusion_threshold: float | None = None) -> GateOutput:
-        return self.select(self.probs(tokens), num_supertokens, budget, fusion_threshold)
+                fusion_threshold: float | torch.Tensor | None = None,
+                n_forced: torch.Tensor | None = None) -> GateOutput:
+        return self.select(self.probs(tokens), num_supertokens, budget, fusion_threshold, n_forced)

@@ -18,17 +18,20 @@ class ClassificationHead(nn.Module):
             nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes))
 
-    def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None,
+                nn_idx: torch.Tensor | None = None) -> torch.Tensor:
         return self.mlp(pooled_features(out.last))
 
 
-def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3) -> torch.Tensor:
+def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3,
+                        idx: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse-distance interpolation of center features to points.
 
-    feats (B, c, D), centers (B, c, 3), points (B, N, 3) -> (B, N, D) from the k nearest centers.
+    feats (B, c, D), centers (B, c, 3), points (B, N, 3) -> (B, N, D) from the k nearest centers;
+    idx (B, N, k) int64: those centers when already known (e.g. from a kd-tree outside a graph).
     """
-    k = min(k, centers.shape[1])
-    idx = knn(centers, points, k)                                   # (B, N, k)
+    if idx is None:
+        idx = knn(centers, points, min(k, centers.shape[1]))        # (B, N, k)
     nb = torch.gather(centers.unsqueeze(1).expand(-1, points.shape[1], -1, -1), 2,
                       idx.unsqueeze(-1).expand(-1, -1, -1, 3))       # (B, N, k, 3)
     dist = ((points.unsqueeze(2) - nb) ** 2).sum(-1).clamp_min(1e-10)
@@ -66,14 +69,16 @@ class SegmentationHead(nn.Module):
             raise ValueError(f"segmentation layers {self.layers} outside the encoder's 1..{len(hidden)}")
         return torch.stack([n(hidden[i - 1]) for n, i in zip(self.norms, self.layers)]).mean(0)
 
-    def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None,
+                nn_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (B, N, K) logits; nn_idx (B, N, 3): the 3 nearest token centers of every point, if known."""
         feats = self.token_features(out)                            # (B, c, D)
         glob = pooled_features(feats)                               # (B, 2D)
         if self.category is not None:
             if category is None:
                 raise ValueError("part segmentation head needs the object category")
             glob = torch.cat([glob, self.category(category)], dim=-1)
-        per_point = propagate_to_points(feats, out.tokens.centers, points[..., :3])  # (B, N, D)
+        per_point = propagate_to_points(feats, out.tokens.centers, points[..., :3], idx=nn_idx)  # (B, N, D)
         x = torch.cat([per_point, glob.unsqueeze(1).expand(-1, per_point.shape[1], -1)], dim=-1)
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)          # (B, N, K)
 

@@ -31,7 +31,7 @@ from .cau import CAU
 from .dso import DSO
 from .distillable import FreezableBackbone, encoder_from_teacher
 from .encoder import EncoderOutput, TransformerEncoder
-from .gate import TokenGate
+from .gate import TokenGate, forced_merges, forced_merges_tensor
 from .tokenizer import PointTokenizer, Tokens
 
 
@@ -137,9 +137,26 @@ class FoundryStudent(FreezableBackbone):
 
     def _forward_gated(self, tok: Tokens, t: torch.Tensor, p: torch.Tensor, budget: int | None,
                        fusion_threshold: float | None) -> StudentOutput:
+        c = t.shape[1]
+        if budget is not None:
+            forced_merges(c, self.num_supertokens, budget)                  # validates budget >= s
+        length = c if budget is None else min(int(budget), c)
+        slots = torch.arange(length, device=t.device)
+        if budget is None and fusion_threshold is None:
+            fusion_threshold = self.gate.threshold
+        return self.encode_slots(tok, slots, fusion_threshold, t, p)
+
+    def encode_slots(self, tok: Tokens, slots: torch.Tensor, fusion_threshold: float | torch.Tensor | None,
+                     t: torch.Tensor | None = None, p: torch.Tensor | None = None) -> StudentOutput:
+        """Gated forward with the encoder sequence given as slot indices: slots (L,) = arange(L),
+        L = min(budget, c). Budget logic from shapes and tensors only, so the same code runs eagerly
+        and in exported graphs (the budget is the dynamic length of `slots`)."""
         s = self.num_supertokens
-        b, c, _ = t.shape
-        g = self.gate(t, s, budget, fusion_threshold)
+        if t is None:
+            t, p = self.token_proj(tok.tokens), self.pos_proj(tok.pos)
+        c = t.shape[1]
+        g = self.gate(t, s, fusion_threshold=fusion_threshold,
+                      n_forced=forced_merges_tensor(t[..., 0], s, slots))
         merge = g.merge
         sel = g.selection.unsqueeze(-1)                             # forward value exactly 0 / 1
         d = self.dso(t * sel, p, keep=merge)
@@ -150,14 +167,14 @@ class FoundryStudent(FreezableBackbone):
         n = s + c
         ar = torch.arange(n, device=t.device).unsqueeze(0)
         order = torch.argsort((~valid).long() * n + ar, dim=1)      # real entries first, stable
-        length = c if budget is None else min(int(budget), c)
-        idx = order[:, :length]                                     # (B, L)
+        idx = order.index_select(1, slots)                          # (B, L)
         x = torch.gather(cand, 1, idx.unsqueeze(-1).expand(-1, -1, cand.shape[-1]))
         xp = torch.gather(cand_pos, 1, idx.unsqueeze(-1).expand(-1, -1, cand.shape[-1]))
         keep = torch.gather(valid, 1, idx)                          # (B, L)
         enc = self.encoder(x, xp, keep)
         # back from the sequence to the candidates: slot of every candidate in the sequence
-        slot = torch.argsort(order, dim=1).clamp(max=length - 1)    # (B, s + c); real ones < L
+        last_slot = torch.ones_like(slots).sum() - 1
+        slot = torch.minimum(torch.argsort(order, dim=1), last_slot)  # (B, s + c); real ones < L
 
         def scatter_back(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             full = torch.gather(h, 1, slot.unsqueeze(-1).expand(-1, -1, h.shape[-1]))

@@ -117,18 +117,28 @@ class PointTokenizer(nn.Module):
         group_idx = knn(xyz, centers, self.group_size, method=self.knn_method)
         return centers, center_idx, group_idx
 
+    @staticmethod
+    def relative_groups(points: torch.Tensor, centers: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
+        """Group points relative to their centers: points (B, N, C), centers (B, c, 3),
+        group_idx (B, c, k) -> (B, c, k, C) (xyz - center, extra channels as they are)."""
+        groups = gather_points(points, group_idx)                  # (B, c, k, C)
+        rel = groups[..., :3] - centers.unsqueeze(2)
+        return torch.cat([rel, groups[..., 3:]], dim=-1) if points.shape[-1] > 3 else rel
+
+    def embed(self, groups: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned part: groups (B, c, k, C), centers (B, c, 3) -> tokens, pos (B, c, d)."""
+        return self.encoder(groups), self.pos_embed(centers)
+
     def forward(self, points: torch.Tensor, num_groups: int | None = None,
                 generator: torch.Generator | None = None) -> Tokens:
         if points.dim() != 3 or points.shape[-1] != self.in_channels:
             raise ValueError(f"tokenizer expects points (B, N, {self.in_channels}), got {tuple(points.shape)}")
         points, source = sanitize_points(points, generator)
         centers, center_idx, group_idx = self.group(points, num_groups, generator)
-        groups = gather_points(points, group_idx)                  # (B, c, k, C)
+        feats = self.relative_groups(points, centers, group_idx)
         if source is not None:  # report indices into the caller's cloud, not the sanitized copy
             center_idx = torch.gather(source, 1, center_idx)
             group_idx = torch.gather(source, 1, group_idx.flatten(1)).view_as(group_idx)
-        rel = groups[..., :3] - centers.unsqueeze(2)
-        feats = torch.cat([rel, groups[..., 3:]], dim=-1) if points.shape[-1] > 3 else rel
-        tokens = self.encoder(feats)
-        return Tokens(tokens=tokens, pos=self.pos_embed(centers), centers=centers,
+        tokens, pos = self.embed(feats, centers)
+        return Tokens(tokens=tokens, pos=pos, centers=centers,
                       center_idx=center_idx, group_idx=group_idx, groups=feats)

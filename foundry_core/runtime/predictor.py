@@ -65,6 +65,7 @@ from ..models.sampling import FAST_FPS_MIN_POINTS, FAST_KNN_MIN_POINTS
 from ..models.student import FoundryStudent
 from ..models.tokenizer import Tokens
 from ..train.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from .backends import BACKENDS, BackendChoice, rungs_for, select_backend
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .types import FrameReport, LabelInfo, PredictorResult
 
@@ -84,6 +85,10 @@ class PredictorConfig:
     head_chunk: int = 16384                         # points per chunk of the segmentation head
     category: int | None = None                     # object category of a partseg model with category embedding
     fold_head: bool = True                          # run the head MLP as folded GEMMs (same function, faster)
+    backend: str = "auto"                           # auto | tensorrt | torch | onnxruntime (see runtime/backends.py)
+    onnx_path: str = ""                             # exported graph; empty: export to the cache on first use
+    cache_dir: str = ""                             # ONNX / engine cache; empty: $FOUNDRY_CACHE_DIR or ~/.cache/foundry
+    threads: int = 0                                # onnxruntime intra-op threads (0 = its default)
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
@@ -96,6 +101,8 @@ class PredictorConfig:
             raise ConfigError("predictor.group_size must be >= 1")
         if self.budget is not None and self.budget < 1:
             raise ConfigError("predictor.budget must be >= 1")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"predictor.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -139,20 +146,28 @@ def backbone_kind(backbone: nn.Module) -> str:
     raise TypeError(f"unsupported backbone {type(backbone).__name__}")
 
 
+@contextlib.contextmanager
+def cpu_libraries_for_large_clouds(tokenizer: nn.Module, points: torch.Tensor):
+    """On CUDA, large clouds use the CPU libraries (fpsample, pykdtree) for FPS / kNN: the torch
+    paths build (c, N) distance tensors. No change on CPU (the tokenizer's auto mode decides)."""
+    if points.device.type == "cpu":
+        yield
+        return
+    n = points.shape[1]
+    saved = tokenizer.fps_method, tokenizer.knn_method
+    tokenizer.fps_method = "fpsample" if n >= FAST_FPS_MIN_POINTS else "torch"
+    tokenizer.knn_method = "kdtree" if n >= FAST_KNN_MIN_POINTS else "torch"
+    try:
+        yield
+    finally:
+        tokenizer.fps_method, tokenizer.knn_method = saved
+
+
 def tokenize(tokenizer: nn.Module, points: torch.Tensor, num_centers: int,
              generator: torch.Generator | None) -> Tokens:
-    """backbone.tokenizer with c centers. On CUDA, large clouds use the CPU libraries (fpsample,
-    pykdtree) for FPS / kNN: the torch paths build (c, N) distance tensors."""
-    if points.device.type != "cpu":
-        n = points.shape[1]
-        saved = tokenizer.fps_method, tokenizer.knn_method
-        tokenizer.fps_method = "fpsample" if n >= FAST_FPS_MIN_POINTS else "torch"
-        tokenizer.knn_method = "kdtree" if n >= FAST_KNN_MIN_POINTS else "torch"
-        try:
-            return tokenizer(points, num_groups=num_centers, generator=generator)
-        finally:
-            tokenizer.fps_method, tokenizer.knn_method = saved
-    return tokenizer(points, num_groups=num_centers, generator=generator)
+    """backbone.tokenizer with c centers (see cpu_libraries_for_large_clouds)."""
+    with cpu_libraries_for_large_clouds(tokenizer, points):
+        return tokenizer(points, num_groups=num_centers, generator=generator)
 
 
 def encode(backbone: nn.Module, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
@@ -266,7 +281,6 @@ class Predictor:
         self.seg_classes = list(meta.get("seg_classes") or []) or None
         self.model_hash = model_hash
         self.device = self._resolve_device(cfg.device)
-        self.backend = f"torch-{self.device.type}"
         if cfg.precision == "fp16" and self.device.type != "cuda":
             log.warning("precision fp16 requested on %s: fp16 is only used on CUDA "
                         "(CPU half precision is several times slower); running fp32", self.device)
@@ -285,6 +299,67 @@ class Predictor:
         num_groups = getattr(mcfg, "num_groups", self.backbone.tokenizer.num_groups)
         self.pre_cfg = cfg.preprocess if cfg.preprocess is not None else default_preprocess(self.task, num_groups)
         self._budget_warned = False
+        self.backend_choice = self._select_backend()
+        self.backend, self.runner = self.backend_choice.name, self.backend_choice.runner
+        if self.backend == "onnxruntime-cpu":
+            self.precision = "fp32"
+        if self.backend.startswith("torch") and self.device.type != self.backend.split("-")[1]:
+            self.device = torch.device(self.backend.split("-")[1])
+            self.model.to(self.device)
+
+    # ------------------------------------------------------------------ backends
+    def _select_backend(self) -> BackendChoice:
+        cuda = self.device.type == "cuda"
+        rungs = rungs_for(self.cfg.backend, cuda)
+        return select_backend(rungs, {"tensorrt": self._load_tensorrt, "torch-cuda": self._load_torch_cuda,
+                                      "onnxruntime-cpu": self._load_onnxruntime, "torch-cpu": lambda: None})
+
+    def _load_torch_cuda(self):
+        if self.device.type != "cuda":
+            raise RuntimeError("no CUDA device" if not torch.cuda.is_available() else "device set to cpu")
+        return None
+
+    def _graph_supported(self) -> None:
+        if self.kind == "baseline":
+            raise RuntimeError("token-reduction baselines are not exported (PyTorch only)")
+
+    def cache_dir(self) -> Path:
+        import os
+        return Path(self.cfg.cache_dir or os.environ.get("FOUNDRY_CACHE_DIR") or Path.home() / ".cache" / "foundry")
+
+    def onnx_path(self) -> Path:
+        """The exported graph: cfg.onnx_path, or the cache's export of this model (made on first use)."""
+        from .export import EXPORT_FORMAT_VERSION, export_onnx
+        if self.cfg.onnx_path:
+            if not Path(self.cfg.onnx_path).is_file():
+                raise RuntimeError(f"onnx_path {self.cfg.onnx_path} does not exist")
+            return Path(self.cfg.onnx_path)
+        digest = self.model_hash or file_hash(self.cfg.model_path)
+        path = self.cache_dir() / "onnx" / f"{digest}-g{EXPORT_FORMAT_VERSION}-torch{torch.__version__}.onnx"
+        if not path.is_file():
+            log.info("exporting the model to ONNX (once per model): %s", path)
+            export_onnx(self.model.cpu(), path)
+            self.model.to(self.device)
+        return path
+
+    def _load_onnxruntime(self):
+        from .onnx_runner import OnnxRunner
+        self._graph_supported()
+        return OnnxRunner(self.onnx_path(), ["CPUExecutionProvider"], threads=self.cfg.threads)
+
+    def _load_tensorrt(self):
+        from .export import OUTPUT_NAMES, signature_of
+        from .tensorrt_engine import TensorRTRunner, load_or_build, profile_for, tensorrt_module
+        if self.device.type != "cuda":
+            raise RuntimeError("no CUDA device" if not torch.cuda.is_available() else "device set to cpu")
+        tensorrt_module()
+        self._graph_supported()
+        names = signature_of(self.model).input_names
+        tokz = self.backbone.tokenizer
+        profile = profile_for(self.pre_cfg.min_centers, self.pre_cfg.max_centers, self.min_budget,
+                              self.pre_cfg.max_points, tokz.group_size, tokz.in_channels)
+        data = load_or_build(self.onnx_path(), self.cache_dir() / "engines", profile, self.precision, names)
+        return TensorRTRunner(data, names, OUTPUT_NAMES)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -392,48 +467,101 @@ class Predictor:
             return self._empty(n, pre, token_budget, ratio, {"preprocess": (t1 - t0) * 1e3}, t0)
         category = self.cfg.category if category is None else category
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
-        m = pre.num_points
         with torch.inference_mode(), self._autocast():
             pts = torch.from_numpy(pre.points).to(self.device).unsqueeze(0)
-            tok = tokenize(self.backbone.tokenizer, pts, c, gen)
-            self._sync()
-            t2 = time.perf_counter()
-            out = encode(self.backbone, tok, budget=b, fusion_threshold=r, points=pts, generator=gen)
-            self._sync()
-            t3 = time.perf_counter()
-            centers_np = tok.centers[0].float().cpu().numpy()
-            if isinstance(self.head, SegmentationHead):
-                nn_idx = nearest_centers(centers_np, pre.xyz, 3)
-                lab_used, conf_used = self._segment(out, tok, pts, nn_idx, category)
-                nearest = nn_idx[:, 0]
-            else:
-                cat = None if category is None else torch.tensor([int(category)], device=self.device)
-                logits = self.head(out, pts, cat).float()
-                prob = torch.softmax(logits[0], -1)
-                conf, lab = prob.max(-1)
-                lab_used = np.full(m, int(lab), dtype=np.int32)
-                conf_used = np.full(m, float(conf), dtype=np.float32)
-                nearest = nearest_centers(centers_np, pre.xyz, 1)[:, 0]
-            self._sync()
+            run = self._run_torch if self.runner is None else self._run_graph
+            net, (t2, t3) = run(pts, pre, c, gen, b, r, category)
+            lab_used, conf_used, centers_np, token_segments, embeddings, tie, group_idx, nearest = net
             t4 = time.perf_counter()
-            segs = getattr(out, "segments", None)
-            token_segments = (np.arange(c, dtype=np.int32) if segs is None
-                              else segs[0].cpu().numpy().astype(np.int32))
-            embeddings = out.last[0].float().cpu().numpy()
-            tie = out.tokens_in_encoder.max().item() if hasattr(out, "tokens_in_encoder") else c
-            group_idx = tok.group_idx[0].cpu().numpy()
         seg_used = token_segments[point_tokens(group_idx, pre.xyz, centers_np, nearest)]
         labels, confidence, segments = self._scatter(n, cloud, pre, lab_used, conf_used, seg_used)
         t5 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "tokenize": (t2 - t1) * 1e3, "encode": (t3 - t2) * 1e3,
                    "head": (t4 - t3) * 1e3, "postprocess": (t5 - t4) * 1e3, "total": (t5 - t0) * 1e3}
-        report = FrameReport(points_in=n, points_used=m, points_dropped=int(n - pre.in_region.sum()),
+        report = FrameReport(points_in=n, points_used=pre.num_points, points_dropped=int(n - pre.in_region.sum()),
                              tokens_in_encoder=int(tie), token_budget=int(token_budget), fusion_ratio=ratio,
                              num_centers=c, backend=self.backend, precision=self.precision,
                              model_hash=self.model_hash, timings_ms=timings)
         return PredictorResult(labels=labels, confidence=confidence, segments=segments,
                                centers=pre.to_input_frame(centers_np), embeddings=embeddings.astype(np.float32),
                                token_segments=token_segments, report=report)
+
+    def _run_torch(self, pts: torch.Tensor, pre: Preprocessed, c: int, gen: torch.Generator, b: int | None,
+                   r: float | None, category: int | None):
+        """PyTorch eager: tokenizer, encoder (budget applied), chunked head. -> (outputs, (t_tok, t_enc))."""
+        m = pre.num_points
+        tok = tokenize(self.backbone.tokenizer, pts, c, gen)
+        self._sync()
+        t2 = time.perf_counter()
+        out = encode(self.backbone, tok, budget=b, fusion_threshold=r, points=pts, generator=gen)
+        self._sync()
+        t3 = time.perf_counter()
+        centers_np = tok.centers[0].float().cpu().numpy()
+        if isinstance(self.head, SegmentationHead):
+            nn_idx = nearest_centers(centers_np, pre.xyz, 3)
+            lab_used, conf_used = self._segment(out, tok, pts, nn_idx, category)
+            nearest = nn_idx[:, 0]
+        else:
+            cat = None if category is None else torch.tensor([int(category)], device=self.device)
+            logits = self.head(out, pts, cat).float()
+            prob = torch.softmax(logits[0], -1)
+            conf, lab = prob.max(-1)
+            lab_used = np.full(m, int(lab), dtype=np.int32)
+            conf_used = np.full(m, float(conf), dtype=np.float32)
+            nearest = nearest_centers(centers_np, pre.xyz, 1)[:, 0]
+        self._sync()
+        segs = getattr(out, "segments", None)
+        token_segments = np.arange(c, dtype=np.int32) if segs is None else segs[0].cpu().numpy().astype(np.int32)
+        embeddings = out.last[0].float().cpu().numpy()
+        tie = out.tokens_in_encoder.max().item() if hasattr(out, "tokens_in_encoder") else c
+        group_idx = tok.group_idx[0].cpu().numpy()
+        return (lab_used, conf_used, centers_np, token_segments, embeddings, tie, group_idx, nearest), (t2, t3)
+
+    def _run_graph(self, pts: torch.Tensor, pre: Preprocessed, c: int, gen: torch.Generator, b: int | None,
+                   r: float | None, category: int | None):
+        """Exported graph (onnxruntime / TensorRT): grouping and nearest centers here, the networks
+        in the graph ("encode" then covers encoder and head network; "head" the label decoding)."""
+        from .export import signature_of
+        sig = signature_of(self.model)
+        tokz = self.backbone.tokenizer
+        with cpu_libraries_for_large_clouds(tokz, pts):
+            centers, _, gidx = tokz.group(pts, c, gen)
+        groups = tokz.relative_groups(pts, centers, gidx)
+        centers_np = centers[0].float().cpu().numpy()
+        nn_idx = nearest_centers(centers_np, pre.xyz, 3)
+        if nn_idx.shape[1] < 3:                                       # fewer than 3 centers: repeat the last
+            nn_idx = np.concatenate([nn_idx, np.repeat(nn_idx[:, -1:], 3 - nn_idx.shape[1], 1)], 1)
+        feeds = {"groups": groups.float().cpu().numpy(), "centers": centers_np[None]}
+        if sig.gated:
+            length = c if b is None else min(b, c)
+            thr = r if r is not None else (self.backbone.gate.threshold if b is None else 2.0)
+            feeds["slots"] = np.arange(length, dtype=np.int64)
+            feeds["fusion_threshold"] = np.array([thr], dtype=np.float32)
+        if sig.segmentation:
+            feeds["points"] = np.ascontiguousarray(pre.xyz[None], dtype=np.float32)
+            feeds["nn_idx"] = nn_idx[None]
+        if sig.category:
+            if category is None:
+                raise ValueError("this part segmentation model needs the object category: "
+                                 "pass category= (index into the model's classes)")
+            feeds["category"] = np.array([int(category)], dtype=np.int64)
+        t2 = time.perf_counter()
+        out = self.runner(feeds)
+        t3 = time.perf_counter()
+        logits = out["logits"][0].astype(np.float32)
+        logits = logits - logits.max(-1, keepdims=True)
+        prob = np.exp(logits)
+        prob /= prob.sum(-1, keepdims=True)
+        m = pre.num_points
+        if sig.segmentation:
+            lab_used, conf_used = prob.argmax(-1).astype(np.int32), prob.max(-1).astype(np.float32)
+        else:
+            lab_used = np.full(m, int(prob.argmax()), dtype=np.int32)
+            conf_used = np.full(m, float(prob.max()), dtype=np.float32)
+        token_segments = out["segments"][0].astype(np.int32)
+        tie = int(out["tokens_in_encoder"].max())
+        return ((lab_used, conf_used, centers_np, token_segments, out["embeddings"][0].astype(np.float32), tie,
+                 gidx[0].cpu().numpy(), nn_idx[:, 0]), (t2, t3))
 
     def _segment(self, out, tok: Tokens, pts: torch.Tensor, nn_idx: np.ndarray, category: int | None
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,65 @@
+"""Backend ladder: pick the best inference backend that loads, saying why every higher rung was skipped.
+
+Rungs, best first:
+
+    tensorrt          TensorRT engine from the exported ONNX graph (CUDA; cached, see tensorrt_engine.py)
+    torch-cuda        PyTorch eager on CUDA (fp16 autocast when precision is fp16)
+    onnxruntime-cpu   ONNX Runtime CPU provider on the exported graph (~2x eager for single frames)
+    torch-cpu         PyTorch eager on CPU (always loads: the reference implementation)
+
+backend="auto" walks all of them; a named backend walks from that rung down, so a node asked for
+TensorRT on a machine without it still runs (on the next rung, with the reason logged and reported).
+A rung is skipped when its requirements are missing (no CUDA, package not installed) or when it
+fails at load (export, session or engine build error): the loader's exception is the reason.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+RUNGS = ("tensorrt", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+
+
+@dataclass
+class BackendChoice:
+    name: str                                     # the active rung
+    runner: Any                                   # what its loader returned (None for torch rungs)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (rung, reason), best first
+
+    def summary(self) -> str:
+        why = "; ".join(f"{r}: {reason}" for r, reason in self.skipped)
+        return self.name + (f" (skipped {why})" if why else "")
+
+
+def rungs_for(backend: str, cuda: bool) -> list[str]:
+    """The rungs to try for a requested backend ("auto", "tensorrt", "torch", "onnxruntime")."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return ["torch-cuda", "torch-cpu"] if cuda else ["torch-cpu"]
+    start = {"auto": "tensorrt", "tensorrt": "tensorrt", "onnxruntime": "onnxruntime-cpu"}[backend]
+    return list(RUNGS[RUNGS.index(start):])
+
+
+def select_backend(rungs: list[str], loaders: dict[str, Callable[[], Any]]) -> BackendChoice:
+    """Try the rungs in order; loaders[rung]() returns the runner or raises with the reason.
+    The last rung must load (its exception propagates)."""
+    skipped: list[tuple[str, str]] = []
+    for i, rung in enumerate(rungs):
+        try:
+            runner = loaders[rung]()
+        except Exception as e:                    # noqa: BLE001 - every failure is a reason to step down
+            if i == len(rungs) - 1:
+                raise
+            reason = f"{type(e).__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
+            log.warning("backend %s unavailable: %s", rung, reason)
+            skipped.append((rung, reason))
+            continue
+        choice = BackendChoice(rung, runner, skipped)
+        log.info("inference backend: %s", choice.summary())
+        return choice
+    raise ValueError("no backend rungs to try")
