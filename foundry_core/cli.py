@@ -64,6 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p, _default("experiment_shapes69.yaml"))
     p.add_argument("--output", default="docs/results/pretrain.json")
 
+    p = sub.add_parser("export", help="export a task model to ONNX (dynamic batch / centers / budget / points) "
+                       "and optionally build its TensorRT engine ahead of time")
+    p.add_argument("--model", required=True, help="exported task model (model.safetensors of a finetune run)")
+    p.add_argument("--onnx", required=True, help="output .onnx path")
+    p.add_argument("--tensorrt", action="store_true", help="also build (or validate) the TensorRT engine in the cache")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="TensorRT precision")
+    p.add_argument("--cache-dir", default="", help="engine cache (default $FOUNDRY_CACHE_DIR or ~/.cache/foundry)")
+    p.add_argument("--max-points", type=int, default=131072, help="TensorRT profile: most points per cloud")
+    p.add_argument("--min-centers", type=int, default=32)
+    p.add_argument("--max-centers", type=int, default=1024)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+
+    p = sub.add_parser("bench", help="cost benchmark (paper Tables 6/7): teacher vs Foundry vs Foundry-Gate vs "
+                       "ToMe, one process -> docs/results/bench_<device>.json/.md/.png")
+    p.add_argument("--output", default="", help="default docs/results/bench_<cpu|cuda>.json")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a BenchConfig field, e.g. --set repeats=3")
+
+    p = sub.add_parser("model-card", help="held-out accuracy and latency per token budget of a scene model "
+                       "-> docs/model_card.md (+ .json, .png); optionally ship it as fp16 weights")
+    _config_arg(p, None)
+    p.add_argument("--model", required=True)
+    p.add_argument("--ship", default="", help="write the fp16 copy the node loads by default here")
+    p.add_argument("--out", default="docs/model_card.md")
+
     p = sub.add_parser("demo", help="the embedded default: pre-train a tiny teacher on generated shapes "
                        "and print its probe accuracy against a random encoder")
     _config_arg(p, _default("demo.yaml"))
@@ -76,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except (ConfigError, CheckpointError, DatasetFormatError) as e:
         print(f"foundry {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if args.command != "export":
+            raise
+        print(f"foundry export: error: {e}", file=sys.stderr)
         return 2
 
 
@@ -110,6 +140,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "experiment":
         from .stages.experiment import ExperimentConfig, run_experiment
         run_experiment(load_config(ExperimentConfig, args.config, args.overrides), args.output)
+    elif args.command == "export":
+        from .stages.export import run_export
+        run_export(args.model, args.onnx, tensorrt=args.tensorrt, precision=args.precision, cache_dir=args.cache_dir,
+                   max_points=args.max_points, min_centers=args.min_centers, max_centers=args.max_centers,
+                   check=not args.no_check)
+    elif args.command == "bench":
+        import torch
+        from .stages.bench import BenchConfig, run_bench
+        cfg = load_config(BenchConfig, None, args.overrides)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        run_bench(cfg, args.output or f"docs/results/bench_{device}.json")
+    elif args.command == "model-card":
+        from .stages.model_card import run_model_card
+        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+        run_model_card(args.model, cfg, args.out, ship=args.ship)
     elif args.command == "demo":
         from .stages.demo import run_demo
         run_demo(load_config(PretrainConfig, args.config, args.overrides))

@@ -160,3 +160,18 @@ def test_sanitize_points_keeps_finite_rows():
         good = bad[b][finite[b]]
         for row in out[b][~finite[b]]:
             assert bool((good == row).all(-1).any())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_minipointnet_split_first_layer_equals_concatenated_input(train):
+    from foundry_core.models.tokenizer import MiniPointNet
+    torch.manual_seed(0)
+    net = MiniPointNet(4, 48).train(train)
+    with torch.no_grad():
+        net.second.bn.running_mean.uniform_(-1, 1)
+        net.second.bn.running_var.uniform_(0.5, 2)
+    groups = torch.randn(3, 7, 5, 4)
+    f = net.first(groups)
+    g = f.max(dim=2, keepdim=True).values
+    reference = net.second(torch.cat([g.expand_as(f), f], dim=-1)).max(dim=2).values
+    torch.testing.assert_close(net(groups), reference, atol=1e-5, rtol=1e-5)

@@ -127,6 +127,21 @@ class Jitter(Augmentation):
         return out, seg
 
 
+class RandomShiftUp(Augmentation):
+    """Translate the cloud along z by U(-shift, shift) (sensor mount heights differ between robots)."""
+
+    def __init__(self, shift: float = 0.6):
+        if shift < 0:
+            raise ValueError(f"need shift >= 0, got {shift}")
+        self.shift = shift
+
+    def __call__(self, points, rng, seg=None):
+        _check(points, seg, False)
+        out = points.copy()
+        out[:, 2] += rng.uniform(-self.shift, self.shift)
+        return out, seg
+
+
 class PointDropout(Augmentation):
     """PointNet++ random input dropout: draw a ratio r ~ U(0, max_ratio), drop each point
     with probability r and refill the dropped slots with the first kept point, so N is fixed.
@@ -195,6 +210,7 @@ _BY_NAME: dict[str, Callable[[bool], Augmentation]] = {
     "mirror": lambda normals: RandomMirror(normals=normals),
     "rotate_up": lambda normals: RandomRotateUp(normals=normals),
     "jitter": lambda normals: Jitter(),
+    "shift_up": lambda normals: RandomShiftUp(),
     "dropout": lambda normals: PointDropout(),
     "normalize": lambda normals: NormalizeUnitSphere(),
 }

@@ -65,7 +65,12 @@ class PointMLP(nn.Module):
 
 
 class MiniPointNet(nn.Module):
-    """Shared-MLP group encoder. groups (B, c, k, C_in) -> tokens (B, c, d)."""
+    """Shared-MLP group encoder. groups (B, c, k, C_in) -> tokens (B, c, d).
+
+    The second MLP's input is [group max feature, point feature] (512 = 256 + 256). Its first
+    layer is applied as W_f f + (W_g g + b) with the global part computed once per group instead of
+    once per point: the same function (same parameters and state dict), ~27 % fewer FLOPs.
+    """
 
     def __init__(self, in_channels: int, dim: int):
         super().__init__()
@@ -74,9 +79,14 @@ class MiniPointNet(nn.Module):
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         f = self.first(groups)                                      # (B, c, k, 256)
-        g = f.max(dim=2, keepdim=True).values                       # (B, c, 1, 256)
-        f = torch.cat([g.expand_as(f), f], dim=-1)                  # (B, c, k, 512)
-        return self.second(f).max(dim=2).values                     # (B, c, d)
+        g = f.max(dim=2).values                                     # (B, c, 256)
+        fc1 = self.second.fc1
+        w = fc1.weight                                              # (512, 512): [global | point] inputs
+        half = f.shape[-1]
+        h = nn.functional.linear(f, w[:, half:]) + nn.functional.linear(g, w[:, :half], fc1.bias).unsqueeze(2)
+        shape = h.shape
+        h = torch.relu(self.second.bn(h.reshape(-1, shape[-1]))).reshape(shape)
+        return self.second.fc2(h).max(dim=2).values                 # (B, c, d)
 
 
 class PositionalEmbedding(nn.Module):

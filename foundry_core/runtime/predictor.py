@@ -297,7 +297,12 @@ class Predictor:
         self.in_channels = int(self.backbone.tokenizer.in_channels)
         mcfg = getattr(self.backbone, "cfg", None)
         num_groups = getattr(mcfg, "num_groups", self.backbone.tokenizer.num_groups)
-        self.pre_cfg = cfg.preprocess if cfg.preprocess is not None else default_preprocess(self.task, num_groups)
+        if cfg.preprocess is not None:
+            self.pre_cfg = cfg.preprocess
+        elif meta.get("preprocess"):                 # the preprocessing the model was shipped with
+            self.pre_cfg = from_dict(PreprocessConfig, meta["preprocess"], "model preprocess")
+        else:
+            self.pre_cfg = default_preprocess(self.task, num_groups)
         self._budget_warned = False
         self.backend_choice = self._select_backend()
         self.backend, self.runner = self.backend_choice.name, self.backend_choice.runner

@@ -74,8 +74,11 @@ class DistillTask:
         for i in range(0, min(len(self.probe_test), 256), 32):
             pts = torch.stack([self.probe_test[j]["points"] for j in range(i, min(i + 32, len(self.probe_test)))])
             losses.append(model(pts.to(device))[1].item())
-        acc = linear_probe(model.student, self.probe_train, self.probe_test, self.cfg.probe, device)
-        return {"val_distill_loss": sum(losses) / len(losses), "probe_acc": acc}
+        stats = {"val_distill_loss": sum(losses) / len(losses)}
+        if self.probe_train.num_classes < 2:      # scene sets: nothing to classify
+            return stats
+        return {**stats, "probe_acc": linear_probe(model.student, self.probe_train, self.probe_test,
+                                                   self.cfg.probe, device)}
 
     def param_groups(self, model: Distiller) -> list[dict]:
         return decay_groups(model.student)

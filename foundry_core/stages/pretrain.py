@@ -33,11 +33,13 @@ class PretrainTask:
     def evaluate(self, model: PointJEPA, epoch: int) -> dict[str, float]:
         """Probe both encoders; probe_acc is the one that will be exported (jepa.export)."""
         device = next(model.parameters()).device
+        stats = {"ema_momentum": self.momentum, "target_token_std": self.token_diversity(model.target, device)}
+        if self.probe_train.num_classes < 2:      # e.g. scene sets: nothing to classify, diversity only
+            return stats
         accs = {name: linear_probe(getattr(model, attr), self.probe_train, self.probe_test, self.cfg.probe, device)
                 for name, attr in (("target", "target"), ("online", "backbone"))}
         return {"probe_acc": accs[self.cfg.jepa.export], "probe_acc_target": accs["target"],
-                "probe_acc_online": accs["online"], "ema_momentum": self.momentum,
-                "target_token_std": self.token_diversity(model.target, device)}
+                "probe_acc_online": accs["online"], **stats}
 
     @torch.no_grad()
     def token_diversity(self, backbone: PointBackbone, device) -> float:
@@ -69,6 +71,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
                              {"stage": "pretrain", "epochs": cfg.optim.epochs, "encoder_branch": cfg.jepa.export,
                               "probe_acc": history[-1].get("probe_acc")})
         result["backbone"] = str(path)
-        print(f"[pretrain] backbone exported to {path}; final probe accuracy "
-              f"{history[-1].get('probe_acc', float('nan')):.2f}%", flush=True)
+        probe = history[-1].get("probe_acc") if history else None
+        print(f"[pretrain] backbone exported to {path}"
+              + (f"; final probe accuracy {probe:.2f}%" if probe is not None else ""), flush=True)
     return result
