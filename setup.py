@@ -12,6 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["foundry_core", "foundry_core.*", "foundry_ros", "foundry_ros.*"]),
+    package_data={"foundry_core": ["weights/*.safetensors", "weights/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -20,12 +21,14 @@ setup(
     ],
     install_requires=[
         "torch>=2.4", "numpy", "scipy", "fpsample", "pykdtree", "h5py", "safetensors", "pyyaml",
-        "matplotlib", "tqdm", "scikit-learn", "pypcd4",
+        "matplotlib", "tqdm", "scikit-learn", "pypcd4", "rosbags",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": [
         "foundry = foundry_core.cli:main",
         "foundry-node = foundry_ros.node:main",  # the ROS 2 node (ros2 run / launch: foundry_ros foundry-node)
+        "foundry-bag = foundry_ros.bag_replay:main",  # bag play / record / pack (foundry_ros.bag_replay)
+        "foundry-demo = foundry_ros.demo:main",  # the main job: node + default stream + summary
     ]},
     zip_safe=False,
 )

@@ -98,7 +98,8 @@ PredictorFactory = Callable[[str, str, str], Any]
 def default_predictor_factory(model_path: str, device: str, precision: str) -> Any:
     """``Predictor.from_checkpoint(model_path, device=..., [precision=...])``, imported lazily."""
     if not model_path:
-        raise ValueError("parameter model_path is empty: set it to an exported Foundry model file")
+        from foundry_core.weights import default_model_path
+        model_path = str(default_model_path())          # the shipped default (raises with a fix if missing)
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"model_path {model_path!r} does not exist")
     from foundry_core.runtime.predictor import Predictor  # heavy (torch): only when actually used

@@ -64,7 +64,7 @@ _CTL = BudgetControllerConfig()
 PARAM_SPECS: tuple[ParamSpec, ...] = (
     # --- model (read-only: a change needs a model reload) ------------------------------------
     ParamSpec("model_path", "", "str", "Exported Foundry model file passed to Predictor.from_checkpoint.",
-              read_only=True, constraints="required unless a predictor factory is injected"),
+              read_only=True, constraints="empty = the shipped default scene model"),
     ParamSpec("device", "auto", "str",
               "Torch device of the predictor: 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.",
               read_only=True, constraints="auto, cpu, cuda or cuda:N"),
@@ -100,7 +100,7 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               "No-change band around the target latency, as a fraction of it.", lo=0.0, hi=0.49),
     ParamSpec("max_step", _CTL.max_step, "float",
               "Largest budget change per frame as a fraction of the current budget.", lo=0.01, hi=1.0),
-    ParamSpec("min_budget", 64, "int", "Smallest token budget (also clamped to the model's minimum).",
+    ParamSpec("min_budget", 16, "int", "Smallest token budget (also clamped to the model's minimum).",
               lo=1, hi=1 << 20),
     ParamSpec("max_budget", 8192, "int", "Largest token budget (also clamped to the model's maximum).",
               lo=1, hi=1 << 20),

@@ -68,7 +68,7 @@ def test_run_time_changes_and_read_only():
 def test_controller_config_and_changes_apply_to_the_controller():
     p = P.default_params()
     cfg = P.controller_config(p, deadline_s=0.05, model_min=16, model_max=2048)
-    assert (cfg.min_budget, cfg.max_budget, cfg.initial_budget) == (64, 2048, 1024)
+    assert (cfg.min_budget, cfg.max_budget, cfg.initial_budget) == (16, 2048, 1024)
     assert cfg.deadline_s == 0.05 and cfg.setpoint == p["setpoint"]
     ctl = BudgetController(cfg)
     p2 = dict(p, min_budget=256, max_budget=512)

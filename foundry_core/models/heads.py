@@ -32,14 +32,15 @@ def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torc
     """
     if idx is None:
         idx = knn(centers, points, min(k, centers.shape[1]))        # (B, N, k)
-    nb = torch.gather(centers.unsqueeze(1).expand(-1, points.shape[1], -1, -1), 2,
-                      idx.unsqueeze(-1).expand(-1, -1, -1, 3))       # (B, N, k, 3)
+    b, n, kk = idx.shape
+    c = centers.shape[1]
+    # gather rows of the flattened (B * c, .) tables: no (B, N, c, .) expansion is ever built
+    flat = (idx + (torch.arange(b, device=idx.device) * c).view(b, 1, 1)).reshape(-1)
+    nb = centers.reshape(b * c, 3).index_select(0, flat).view(b, n, kk, 3)
     dist = ((points.unsqueeze(2) - nb) ** 2).sum(-1).clamp_min(1e-10)
     w = 1.0 / dist
     w = w / w.sum(-1, keepdim=True)
-    b, n, _ = idx.shape
-    gathered = torch.gather(feats.unsqueeze(1).expand(-1, n, -1, -1), 2,
-                            idx.unsqueeze(-1).expand(-1, -1, -1, feats.shape[-1]))
+    gathered = feats.reshape(b * c, -1).index_select(0, flat).view(b, n, kk, -1)
     return (gathered * w.unsqueeze(-1)).sum(2)
 
 
@@ -79,8 +80,12 @@ class SegmentationHead(nn.Module):
                 raise ValueError("part segmentation head needs the object category")
             glob = torch.cat([glob, self.category(category)], dim=-1)
         per_point = propagate_to_points(feats, out.tokens.centers, points[..., :3], idx=nn_idx)  # (B, N, D)
-        x = torch.cat([per_point, glob.unsqueeze(1).expand(-1, per_point.shape[1], -1)], dim=-1)
-        return self.mlp(x.transpose(1, 2)).transpose(1, 2)          # (B, N, K)
+        # first 1x1 conv on [per_point, glob] applied as W_p p + (W_g g + b): the global term once per
+        # cloud, not once per point (same function as mlp on the concatenation)
+        conv0, d = self.mlp[0], per_point.shape[-1]
+        w = conv0.weight[:, :, 0]
+        h = nn.functional.linear(per_point, w[:, :d]) + nn.functional.linear(glob, w[:, d:], conv0.bias).unsqueeze(1)
+        return self.mlp[1:](h.transpose(1, 2)).transpose(1, 2)      # (B, N, K)
 
 
 class TaskModel(nn.Module):

@@ -47,7 +47,7 @@ from ..models.tokenizer import Tokens
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ["logits", "embeddings", "segments", "tokens_in_encoder"]
-EXPORT_FORMAT_VERSION = 1       # bump when the graph's inputs / outputs change (invalidates caches)
+EXPORT_FORMAT_VERSION = 2       # bump when the exported graph changes (the ONNX cache is keyed by it)
 
 
 @dataclass(frozen=True)
