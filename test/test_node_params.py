@@ -32,7 +32,7 @@ def test_defaults_are_valid_and_documented():
 
 @pytest.mark.parametrize("changes, fragment", [
     ({"min_budget": 9000}, "min_budget (9000) must be <= max_budget"),
-    ({"max_budget": 32}, "must be <= max_budget"),
+    ({"max_budget": 8}, "must be <= max_budget"),
     ({"initial_budget": 10000}, "initial_budget (10000) must lie in"),
     ({"deadline_ms": -1.0}, "deadline_ms must be >= 0"),
     ({"setpoint": 1.5}, "setpoint must be <= 1.0"),
