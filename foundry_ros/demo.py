@@ -9,7 +9,8 @@ what ``foundry-node`` / the launch file run); this process plays the stream and 
 token budget, points, backend), then a summary: p50 / p95 latency, deadline hit rate after the first
 10 frames, mean budget, label histogram and, for the simulated stream, mIoU against the simulator's
 ground truth next to the trivial all-ground baseline. Writes ``<out>/demo.json`` and
-``<out>/demo.png`` (top view of the last labelled frame + latency / budget over time).
+``<out>/demo.png`` (top view of the last labelled frame + latency / budget over time) and the last
+labelled frame as ``<out>/last_frame.npz`` (xyz, labels, names).
 """
 from __future__ import annotations
 
@@ -266,6 +267,10 @@ def run_client(args, out: Path, node_proc: subprocess.Popen, frames, topic: str)
     source = "simulated LiDAR stream" if frames is not None else (f"bag {args.bag}" if args.bag else f"live {topic}")
     summary = summarize(state, truth, num_classes, source)
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    if clouds:
+        stamp = max(clouds)
+        np.savez_compressed(out / "last_frame.npz", xyz=clouds[stamp], labels=state.labels[stamp],
+                            names=np.array(state.label_names))
     plot(summary, state, clouds, out / "demo.png")
     print_summary(summary, out)
     return 0 if summary["frames"] > 0 else 1

@@ -1,0 +1,67 @@
+"""The main-job demo end to end: node process + simulated stream (tiny model) and real scans in a bag."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (scripts/build_msgs.sh)")
+pytest.importorskip("foundry_msgs.msg", reason="foundry_msgs not built (scripts/build_msgs.sh)")
+
+from conftest import SHARED_DATA  # noqa: E402
+from test_predictor import _export  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"frames": int, "deadline_ms": float, "p50_ms": float, "p95_ms": float, "hit_rate_after_10": float,
+        "mean_budget": float, "backend": str}
+
+
+def run_demo(out: Path, *args: str, timeout: float = 240) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "foundry_ros.demo", "--out", str(out), "--quiet", *args],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "node.log").read_text()[-3000:]
+    assert "[demo] summary:" in proc.stdout
+    return json.loads((out / "demo.json").read_text())
+
+
+def test_demo_on_simulated_stream(tmp_path):
+    model = _export(tmp_path)                       # tiny random gated student (4 classes)
+    s = run_demo(tmp_path / "out", "--duration", "4", "--frames", "4", "--model", model,
+                 "--param", "deadline_ms=2000.0")
+    for key, typ in KEYS.items():
+        assert isinstance(s[key], typ), key
+    assert s["frames"] >= 5 and s["p95_ms"] >= s["p50_ms"] > 0
+    assert s["deadline_ms"] == pytest.approx(2000.0) and s["hit_rate_after_10"] >= 0.0
+    assert isinstance(s["miou"], float) and isinstance(s["baseline_miou"], float)
+    assert sum(s["label_histogram"].values()) > 0
+    assert (tmp_path / "out" / "demo.png").stat().st_size > 10_000
+    last = np.load(tmp_path / "out" / "last_frame.npz")
+    assert last["xyz"].shape[0] == last["labels"].shape[0] > 1000
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "scans").is_dir(), reason="../shared/data/scans not available")
+def test_demo_on_real_scans_bag_separates_ground(tmp_path):
+    from foundry_core.weights import DEFAULT_MODEL
+    from foundry_ros.bag import pack_scans
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("no shipped default model")
+    scans = sorted((SHARED_DATA / "scans").glob("kitti_*.bin"))
+    bag = tmp_path / "scans.mcap"
+    pack_scans(scans, bag, topic="/velodyne_points", rate_hz=10.0)
+    s = run_demo(tmp_path / "out", "--duration", "6", "--bag", str(bag), "--topic", "/velodyne_points")
+    assert s["frames"] >= 3 and s["miou"] is None
+    last = np.load(tmp_path / "out" / "last_frame.npz")
+    xyz, lab = last["xyz"], last["labels"]
+    names = [str(n) for n in last["names"]]
+    ground = names.index("ground")
+    ok = (lab >= 0) & np.isfinite(xyz).all(1)
+    z = xyz[ok, 2]
+    near = np.hypot(xyz[ok, 0], xyz[ok, 1]) < 12.0
+    z0 = np.percentile(z[near], 10)                   # road surface level around the car
+    low, high = near & (z < z0 + 0.15), near & (z > z0 + 0.8)
+    assert (lab[ok][low] == ground).mean() > 0.7      # the road is ground
+    assert (lab[ok][high] != ground).mean() > 0.7     # cars, walls, poles are not
