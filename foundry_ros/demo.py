@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from . import dds
+from .process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT_TOPIC = "/points"
@@ -172,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_client(args, out, node_proc, frames, topic)
     finally:
-        if node_proc.poll() is None:
-            node_proc.terminate()
-            try:
-                node_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                node_proc.kill()
+        stop_process(node_proc, timeout=10)
         dds.remove_stale_shm_segments()
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from foundry_ros import bag, bag_replay, dds
+from foundry_ros.process import stop_process
 from foundry_ros.pointcloud2 import decode_pointcloud2
 
 TEST_DIR = Path(__file__).resolve().parent
@@ -251,13 +252,7 @@ def cli(env, tmp_path: Path, *args: str):
     try:
         yield child
     finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_process(child, timeout=5)
         log.close()
 
 

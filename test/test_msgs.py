@@ -23,6 +23,7 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from std_msgs.msg import ColorRGBA, Header  # noqa: E402
 
 from foundry_ros import dds  # noqa: E402
+from foundry_ros.process import stop_process  # noqa: E402
 
 # rosidl's parser (pulled in by rclpy.serialization) imports lark-parser 0.12, which uses sre_parse.
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
@@ -259,13 +260,7 @@ def test_pub_sub_between_processes(ros_env, tmp_path):
         assert child.returncode == 0, err
         assert "MATCHED" in out and "DONE" in out, (out, err)
     finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_process(child, timeout=5)
         ex.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)

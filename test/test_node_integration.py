@@ -34,6 +34,7 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from foundry_ros import dds  # noqa: E402
+from foundry_ros.process import stop_process  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_predictor import FAIL_X, FakePredictor  # noqa: E402
@@ -265,13 +266,7 @@ def node_harness(tmp: Path, node_argv: list[str], overrides: str):
                          "the node's publishers")
             yield harness
         finally:
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            stop_process(child, timeout=10)
             if harness is not None:
                 harness.ex.shutdown()
                 harness.node.destroy_node()
