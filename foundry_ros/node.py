@@ -91,12 +91,12 @@ SEGMENT_FIELDS = ("x", "y", "z", "label", "confidence", "segment")
 _UINT32_MAX = 2**32 - 1
 _LOG_THROTTLE_S = 5.0
 
-#: ``factory(model_path, device, precision) -> predictor`` (see foundry_core.runtime.types).
-PredictorFactory = Callable[[str, str, str], Any]
+#: ``factory(model_path, device, precision, backend) -> predictor`` (see foundry_core.runtime.types).
+PredictorFactory = Callable[[str, str, str, str], Any]
 
 
-def default_predictor_factory(model_path: str, device: str, precision: str) -> Any:
-    """``Predictor.from_checkpoint(model_path, device=..., [precision=...])``, imported lazily."""
+def default_predictor_factory(model_path: str, device: str, precision: str, backend: str = "auto") -> Any:
+    """``Predictor.from_checkpoint(model_path, device=..., backend=..., [precision=...])``, imported lazily."""
     if not model_path:
         from foundry_core.weights import default_model_path
         model_path = str(default_model_path())          # the shipped default (raises with a fix if missing)
@@ -104,7 +104,7 @@ def default_predictor_factory(model_path: str, device: str, precision: str) -> A
         raise FileNotFoundError(f"model_path {model_path!r} does not exist")
     from foundry_core.runtime.predictor import Predictor  # heavy (torch): only when actually used
 
-    overrides: dict[str, Any] = {"device": device}
+    overrides: dict[str, Any] = {"device": device, "backend": backend}
     if precision and precision != "auto":
         overrides["precision"] = precision
     return Predictor.from_checkpoint(model_path, **overrides)
@@ -203,7 +203,7 @@ class FoundryNode(Node):
 
         # ---- predictor ------------------------------------------------------------------------
         factory = predictor_factory or default_predictor_factory
-        self._predictor = factory(self._p["model_path"], self._p["device"], self._p["precision"])
+        self._predictor = factory(self._p["model_path"], self._p["device"], self._p["precision"], self._p["backend"])
         self._backend = str(getattr(self._predictor, "backend", "unknown"))
         self._precision = str(getattr(self._predictor, "precision", "unknown"))
         self._model_hash = str(getattr(self._predictor, "model_hash", ""))

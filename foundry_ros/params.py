@@ -38,6 +38,7 @@ __all__ = [
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
 PRECISION_CHOICES = ("auto", "fp32", "fp16")  # PredictorConfig.precision (+ "auto": not passed)
+BACKEND_CHOICES = ("auto", "tensorrt", "torch", "onnxruntime")
 #: Deadline used while ``deadline_ms == 0`` and the sensor period has not been measured yet.
 DEFAULT_DEADLINE_S = 0.1
 #: Diagnostic levels (same bytes as diagnostic_msgs/DiagnosticStatus OK/WARN/ERROR).
@@ -71,6 +72,10 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", "auto", "str",
               "Encoder precision: fp16 (CUDA autocast; fp32 on CPU) or fp32; 'auto' = the predictor's default.",
               read_only=True, choices=PRECISION_CHOICES, constraints="one of " + ", ".join(PRECISION_CHOICES)),
+    ParamSpec("backend", "auto", "str",
+              "Inference backend: auto (TensorRT -> CUDA -> CPU ladder), tensorrt, torch or onnxruntime; "
+              "an unavailable one falls down the ladder with the reason logged.",
+              read_only=True, choices=BACKEND_CHOICES, constraints="one of " + ", ".join(BACKEND_CHOICES)),
     # --- input ----------------------------------------------------------------------------------
     ParamSpec("input_topics", ["/points"], "str[]",
               "sensor_msgs/PointCloud2 topics to segment; all feed one newest-frame slot.",

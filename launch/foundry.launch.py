@@ -42,9 +42,10 @@ def _overrides(context) -> dict:
     out: dict = {}
     if arg("model"):
         out["model_path"] = arg("model")
-    device = arg("device") or arg("backend")
-    if device:
-        out["device"] = device
+    if arg("device"):
+        out["device"] = arg("device")
+    if arg("backend"):
+        out["backend"] = arg("backend")
     if arg("precision"):
         out["precision"] = arg("precision")
     if arg("input_topic"):
@@ -84,8 +85,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="single input PointCloud2 topic (replaces input_topics)"),
         DeclareLaunchArgument("device", default_value="",
                               description="predictor device override: cpu, cuda, cuda:0, ..."),
-        DeclareLaunchArgument("backend", default_value="", description="alias of device"),
-        DeclareLaunchArgument("precision", default_value="", description="auto, fp32, fp16 or bf16"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="inference backend override: auto, tensorrt, torch, onnxruntime"),
+        DeclareLaunchArgument("precision", default_value="", description="auto, fp32 or fp16"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
         DeclareLaunchArgument("use_sim_time", default_value="", description="true to follow /clock"),

@@ -9,7 +9,7 @@ from fake_predictor import FakePredictor  # noqa: E402
 from foundry_ros.node import main  # noqa: E402
 
 
-def factory(model_path: str, device: str, precision: str) -> FakePredictor:
+def factory(model_path: str, device: str, precision: str, backend: str) -> FakePredictor:
     return FakePredictor(in_channels=4)  # xyz + intensity: the node must be given extra_fields ["intensity"]
 
 

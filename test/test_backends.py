@@ -15,7 +15,8 @@ from test_predictor import _export, cloud, scene_pre
 
 
 def test_rungs_for_each_request():
-    assert rungs_for("auto", cuda=False) == ["tensorrt", "torch-cuda", "onnxruntime-cpu", "torch-cpu"]
+    assert rungs_for("auto", cuda=False) == ["tensorrt", "torch-cuda", "torch-cpu"]
+    assert rungs_for("tensorrt", cuda=True) == ["tensorrt", "torch-cuda", "torch-cpu"]
     assert rungs_for("onnxruntime", cuda=True) == ["onnxruntime-cpu", "torch-cpu"]
     assert rungs_for("torch", cuda=True) == ["torch-cuda", "torch-cpu"]
     assert rungs_for("torch", cuda=False) == ["torch-cpu"]
@@ -56,7 +57,7 @@ def test_predictor_falls_back_when_onnx_path_is_broken(tmp_path):
 def test_tensorrt_request_without_cuda_runs_on_cpu(tmp_path):
     pred = Predictor.from_checkpoint(_export(tmp_path), preprocess=scene_pre(), backend="tensorrt")
     skipped = dict(pred.backend_choice.skipped)
-    assert pred.backend == "onnxruntime-cpu" and "CUDA" in skipped["tensorrt"]
+    assert pred.backend == "torch-cpu" and "CUDA" in skipped["tensorrt"] and "CUDA" in skipped["torch-cuda"]
 
 
 # ----------------------------------------------------------------------------- engine cache

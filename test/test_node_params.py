@@ -26,7 +26,7 @@ def test_defaults_are_valid_and_documented():
             assert spec.lo <= spec.default <= spec.hi, spec.name
     assert defaults["qos_reliability"] == "best_effort" and defaults["qos_depth"] == 1
     assert defaults["input_topics"] == ["/points"] and defaults["fusion_threshold"] == -1.0
-    assert P.READ_ONLY == {"model_path", "device", "precision", "input_topics", "qos_reliability", "qos_depth",
+    assert P.READ_ONLY == {"model_path", "device", "precision", "backend", "input_topics", "qos_reliability", "qos_depth",
                            "extra_fields"}
 
 
@@ -143,7 +143,7 @@ def test_launch_file_compiles_and_builds_the_node(tmp_path, monkeypatch):
     config = tmp_path / "share" / "foundry_ros" / "config" / "foundry.yaml"
     config.parent.mkdir(parents=True)
     config.write_text("foundry: {ros__parameters: {}}\n")
-    args = {"config": str(config), "model": "/m.pt", "input_topic": "/lidar", "device": "", "backend": "cuda",
+    args = {"config": str(config), "model": "/m.pt", "input_topic": "/lidar", "device": "cuda", "backend": "tensorrt",
             "precision": "", "namespace": "robot1", "log_level": "warn", "use_sim_time": "true"}
 
     class LaunchConfiguration:
@@ -178,8 +178,8 @@ def test_launch_file_compiles_and_builds_the_node(tmp_path, monkeypatch):
     [(kind, _, node)] = opaque[2]["function"](args)
     assert kind == "node" and node["package"] == "foundry_ros" and node["executable"] == "foundry-node"
     assert node["name"] == "foundry" and node["namespace"] == "robot1"
-    assert node["parameters"] == [str(config), {"model_path": "/m.pt", "device": "cuda", "input_topics": ["/lidar"],
-                                                "use_sim_time": True}]
+    assert node["parameters"] == [str(config), {"model_path": "/m.pt", "device": "cuda", "backend": "tensorrt",
+                                                "input_topics": ["/lidar"], "use_sim_time": True}]
     assert node["ros_arguments"] == ["--log-level", "warn"]
 
 

@@ -174,8 +174,8 @@ def test_budget_changes_take_effect_immediately(student_path):
     pts = cloud(800, seed=5)
     used = {}
     for b in (4, 12, 4, 12, 16):
-        r = pred(pts, budget=b).report
-        assert r.tokens_in_encoder <= b and r.token_budget == b and math.isnan(r.fusion_ratio)
+        r = pred(pts, budget=b, fusion_threshold=2.0).report            # budget only (r > 1: no threshold)
+        assert r.tokens_in_encoder <= b and r.token_budget == b and r.fusion_ratio == 2.0
         used.setdefault(b, set()).add(r.tokens_in_encoder)
     assert all(len(v) == 1 for v in used.values())          # same budget, same answer
     assert used[4] != used[12]
@@ -184,6 +184,8 @@ def test_budget_changes_take_effect_immediately(student_path):
     assert r.fusion_ratio == pytest.approx(0.2) and r.token_budget == 16
     r = pred(pts).report
     assert r.fusion_ratio == pytest.approx(0.5)              # the gate's training threshold
+    capped = pred(pts, budget=6).report                      # threshold and budget cap together
+    assert capped.fusion_ratio == pytest.approx(0.5) and capped.tokens_in_encoder <= min(6, r.tokens_in_encoder)
 
 
 def test_deterministic_with_fixed_seed(student_path):
@@ -204,7 +206,7 @@ def test_report_fields_and_label_info(student_path):
     res = pred(cloud(600, seed=7))
     r = res.report
     digest = hashlib.sha256(open(student_path, "rb").read()).hexdigest()
-    assert r.backend == "onnxruntime-cpu" and r.precision == "fp32"    # auto on CPU; fp16 falls back
+    assert r.backend == "torch-cpu" and r.precision == "fp32"          # auto on CPU; fp16 falls back
     assert [rung for rung, _ in pred.backend_choice.skipped] == ["tensorrt", "torch-cuda"]
     assert len(r.model_hash) == 12 and r.model_hash == digest[:12]
     assert {"preprocess", "tokenize", "encode", "head", "total"} <= set(r.timings_ms)

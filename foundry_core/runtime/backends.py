@@ -4,11 +4,14 @@ Rungs, best first:
 
     tensorrt          TensorRT engine from the exported ONNX graph (CUDA; cached, see tensorrt_engine.py)
     torch-cuda        PyTorch eager on CUDA (fp16 autocast when precision is fp16)
-    onnxruntime-cpu   ONNX Runtime CPU provider on the exported graph (~2x eager for single frames)
     torch-cpu         PyTorch eager on CPU (always loads: the reference implementation)
 
-backend="auto" walks all of them; a named backend walks from that rung down, so a node asked for
+backend="auto" walks these three; a named backend walks from that rung down, so a node asked for
 TensorRT on a machine without it still runs (on the next rung, with the reason logged and reported).
+backend="onnxruntime" runs the exported graph on ONNX Runtime's CPU provider, then falls back to
+torch-cpu. It is not on the auto ladder: for the shipped scene model, whose cost is the tokenizer and
+the per-point head, PyTorch eager with the folded head is faster on CPU (37 vs 45 ms a sweep, see
+docs/model_card.md); for large encoders (ViT-S at 64+ tokens) ONNX Runtime is up to ~2x faster.
 A rung is skipped when its requirements are missing (no CUDA, package not installed) or when it
 fails at load (export, session or engine build error): the loader's exception is the reason.
 """
@@ -20,7 +23,7 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-RUNGS = ("tensorrt", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
+RUNGS = ("tensorrt", "torch-cuda", "torch-cpu")
 BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
 
 
@@ -41,8 +44,9 @@ def rungs_for(backend: str, cuda: bool) -> list[str]:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return ["torch-cuda", "torch-cpu"] if cuda else ["torch-cpu"]
-    start = {"auto": "tensorrt", "tensorrt": "tensorrt", "onnxruntime": "onnxruntime-cpu"}[backend]
-    return list(RUNGS[RUNGS.index(start):])
+    if backend == "onnxruntime":
+        return ["onnxruntime-cpu", "torch-cpu"]
+    return list(RUNGS)
 
 
 def select_backend(rungs: list[str], loaders: dict[str, Callable[[], Any]]) -> BackendChoice:

@@ -29,8 +29,10 @@ nearest center when several groups hold it; points in no group take the nearest 
 Tokens of a teacher or of a token-reduction baseline are their own segments (ids 0..c-1) resp.
 the baseline's slot -> encoder-token map.
 
-Budget. A gated FoundryStudent accepts a token budget in [min_budget, max_budget] = [s, max_centers]
-(values outside are clamped) and / or a fusion threshold; both are used as given on every call
+Budget. A gated FoundryStudent merges the tokens whose gate probability exceeds the fusion threshold r
+(default: the gate's training threshold; r > 1 disables it) and caps the tokens entering the encoder
+at the token budget in [min_budget, max_budget] = [s, max_centers] (values outside are clamped) by
+forcing further merges; both are used as given on every call
 (nothing depending on them is cached). A teacher, an ungated student or a baseline has a fixed
 token count: budgets are ignored with a one-time warning.
 
@@ -439,11 +441,12 @@ class Predictor:
             return None, None, fixed, math.nan
         if b is not None:
             b = int(min(max(int(b), self.min_budget), self.max_budget))
-        if r is not None:
-            r = float(r)
+        # the gate's learned policy (merge pi > r, r = its training threshold unless given) always
+        # applies; the budget caps what is left (forced merges of the highest-pi tokens). r > 1
+        # disables the threshold (budget only).
+        r = float(self.backbone.gate.threshold) if r is None else float(r)
         token_budget = c if b is None else min(b, c)
-        ratio = r if r is not None else (math.nan if b is not None else float(self.backbone.gate.threshold))
-        return b, r, token_budget, ratio
+        return b, r, token_budget, r
 
     # ------------------------------------------------------------------ inference
     def _sync(self) -> None:
