@@ -10,15 +10,15 @@ scene segmentation head (preprocess, tokenize, encode, head, per-point labels fo
 Per model: parameters, FLOPs (torch FlopCounterMode under the MATH attention kernel, which the
 counter sees, cross-checked against the analytic ViT count), median latency after warm-up
 (models interleaved round by round so machine noise hits all alike), throughput, and peak memory
-(peak RSS of a forked child that runs the model once, minus the child's RSS before the call).
+(peak RSS of a fresh process holding only that model and its input, running one call).
 Weights are random: cost does not depend on them (gate budgets force the token counts).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -82,30 +82,44 @@ def vit_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> floa
     return 2.0 * depth * (4 * tokens * dim ** 2 + 2 * mlp_ratio * tokens * dim ** 2 + 2 * tokens ** 2 * dim)
 
 
-def peak_memory_mb(fn: Callable[[], object]) -> float:
-    """Peak RSS growth (MB) while running fn once, measured in a forked child."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                  # child
-        os.close(r)
-        try:
-            base = _rss_mb()
-            with torch.inference_mode():
-                fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            os.write(w, str(max(0.0, peak - base)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 64)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return float(data or b"nan")
+def peak_rss_mb(part: str, name: str, cfg: "BenchConfig") -> float:
+    """Peak RSS (MB) of a fresh process (spawned: a fork would deadlock in torch's OpenMP pool) that
+    holds only this model and its input and runs one call: the number a robot's process would see."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_peak_child, args=(part, name, cfg.__dict__, q))
+    proc.start()
+    try:
+        return float(q.get(timeout=900))
+    finally:
+        proc.join(timeout=60)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _peak_child(part: str, name: str, cfg_dict: dict, q) -> None:
+    cfg = BenchConfig(**cfg_dict)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if part == "object":
+        fn = object_models(cfg, only=name)[0][name][1]
+    else:
+        cloud = scene_cloud(cfg)
+        pred, budget = scene_predictors(cfg, make_teacher(cfg, cfg.scene_max_centers), only=name)[name]
+        fn = lambda: pred(cloud, budget=budget)                           # noqa: E731
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:                         # reset the high-water mark
+        f.write("5")
+    with torch.inference_mode():
+        fn()
+    q.put(_status_mb("VmHWM"))
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def interleaved_latency(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
@@ -134,23 +148,36 @@ def frozen(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
-def object_models(cfg: BenchConfig) -> tuple[dict[str, tuple[torch.nn.Module, Callable]], torch.Tensor]:
-    from ..data.synthetic import generate_shapes
+def make_teacher(cfg: BenchConfig, num_groups: int | None = None) -> PointBackbone:
     torch.manual_seed(cfg.seed)
-    teacher = frozen(PointBackbone(ModelConfig(encoder=cfg.encoder, num_groups=cfg.num_groups,
-                                               group_size=cfg.group_size)))
+    return frozen(PointBackbone(ModelConfig(encoder=cfg.encoder, num_groups=num_groups or cfg.num_groups,
+                                            group_size=cfg.group_size)))
+
+
+def object_models(cfg: BenchConfig, only: str | None = None
+                  ) -> tuple[dict[str, tuple[torch.nn.Module, Callable]], torch.Tensor]:
+    """name -> (module, call) for the object set (only: build just that one)."""
+    from ..data.synthetic import generate_shapes
+    teacher = make_teacher(cfg)
     shapes = generate_shapes(cfg.batch, cfg.num_points, seed=cfg.seed)
     pts = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32)[:cfg.num_points, :3] for p in shapes.points]))
     gen = lambda: torch.Generator().manual_seed(cfg.seed)            # noqa: E731 - same FPS start for all
-    models: dict[str, tuple[torch.nn.Module, Callable]] = {"teacher": (teacher, lambda: teacher(pts, gen()))}
+    want = lambda name: only is None or name == only                      # noqa: E731
+    models: dict[str, tuple[torch.nn.Module, Callable]] = {}
+    if want("teacher"):
+        models["teacher"] = (teacher, lambda: teacher(pts, gen()))
     for s in cfg.supertokens:
-        st = frozen(FoundryStudent.from_teacher(teacher, s))
-        models[f"foundry_s{s}"] = (st, lambda st=st: st(pts, gen()))
-    gated = frozen(FoundryStudent.from_teacher(teacher, 16, gate=True))
-    for b in cfg.gate_budgets:
-        models[f"gate_budget_{b}"] = (gated, lambda b=b: gated(pts, gen(), budget=b))
-    tome = frozen(ToMeBackbone.from_teacher(teacher, target_tokens=16))
-    models["tome16"] = (tome, lambda: tome(pts, gen()))
+        if want(f"foundry_s{s}"):
+            st = frozen(FoundryStudent.from_teacher(teacher, s))
+            models[f"foundry_s{s}"] = (st, lambda st=st: st(pts, gen()))
+    if any(want(f"gate_budget_{b}") for b in cfg.gate_budgets):
+        gated = frozen(FoundryStudent.from_teacher(teacher, 16, gate=True))
+        for b in cfg.gate_budgets:       # budget only (r > 1): the budget sets the token count
+            if want(f"gate_budget_{b}"):
+                models[f"gate_budget_{b}"] = (gated, lambda b=b: gated(pts, gen(), budget=b, fusion_threshold=2.0))
+    if want("tome16"):
+        tome = frozen(ToMeBackbone.from_teacher(teacher, target_tokens=16))
+        models["tome16"] = (tome, lambda: tome(pts, gen()))
     return models, pts
 
 
@@ -168,7 +195,8 @@ def scene_cloud(cfg: BenchConfig) -> np.ndarray:
     return np.concatenate(clouds)[:cfg.scene_points].astype(np.float32)
 
 
-def scene_predictors(cfg: BenchConfig, teacher: PointBackbone) -> dict[str, tuple]:
+def scene_predictors(cfg: BenchConfig, teacher: PointBackbone, only: str | None = None) -> dict[str, tuple]:
+    """name -> (Predictor, budget) on the scene (only: build just that one)."""
     from ..runtime.predictor import Predictor, PredictorConfig
     from ..runtime.preprocess import PreprocessConfig
     from ..sim import SIM_CLASSES
@@ -182,13 +210,19 @@ def scene_predictors(cfg: BenchConfig, teacher: PointBackbone) -> dict[str, tupl
         head = SegmentationHead(getattr(backbone, "hidden_dim", backbone.dim), len(SIM_CLASSES), layers)
         return Predictor(frozen(TaskModel(backbone, head)), meta, PredictorConfig(preprocess=pre, backend="torch"))
 
-    out = {"teacher": (predictor(teacher), None)}
+    want = lambda name: only is None or name == only                      # noqa: E731
+    out = {"teacher": (predictor(teacher), None)} if want("teacher") else {}
     for s in cfg.supertokens:
-        out[f"foundry_s{s}"] = (predictor(FoundryStudent.from_teacher(teacher, s)), None)
-    gated = predictor(FoundryStudent.from_teacher(teacher, 16, gate=True))
-    for b in cfg.scene_budgets:
-        out[f"gate_budget_{b}"] = (gated, b)
-    out["tome16"] = (predictor(ToMeBackbone.from_teacher(teacher, target_tokens=16)), None)
+        if want(f"foundry_s{s}"):
+            out[f"foundry_s{s}"] = (predictor(FoundryStudent.from_teacher(teacher, s)), None)
+    if any(want(f"gate_budget_{b}") for b in cfg.scene_budgets):
+        gated = predictor(FoundryStudent.from_teacher(teacher, 16, gate=True))
+        gated.cfg.fusion_threshold = 2.0         # budget only: the budget sets the token count
+        for b in cfg.scene_budgets:
+            if want(f"gate_budget_{b}"):
+                out[f"gate_budget_{b}"] = (gated, b)
+    if want("tome16"):
+        out["tome16"] = (predictor(ToMeBackbone.from_teacher(teacher, target_tokens=16)), None)
     return out
 
 
@@ -207,7 +241,7 @@ def run_bench(cfg: BenchConfig, output: str | Path) -> dict:
     for name, (module, fn) in models.items():
         result["object"][name] = {"latency_s": lat[name], "throughput_clouds_s": cfg.batch / lat[name],
                                   "flops": count_flops(fn), "params": params_of(module),
-                                  "peak_mem_mb": peak_memory_mb(fn)}
+                                  "peak_mem_mb": peak_rss_mb("object", name, cfg)}
         print(f"[bench]   {name:16s} {lat[name] * 1e3:9.1f} ms  {result['object'][name]['flops'] / 1e9:8.1f} GFLOP",
               flush=True)
     d = teacher.dim
@@ -222,13 +256,13 @@ def run_bench(cfg: BenchConfig, output: str | Path) -> dict:
     x = torch.from_numpy(cloud).unsqueeze(0)
     tok_fn = lambda: tok(x, num_groups=cfg.scene_max_centers, generator=torch.Generator().manual_seed(0))  # noqa: E731
     result["tokenize_2p18_s"] = interleaved_latency({"tok": tok_fn}, cfg.repeats, cfg.warmup)["tok"]
-    preds = scene_predictors(cfg, teacher)
+    preds = scene_predictors(cfg, make_teacher(cfg, cfg.scene_max_centers))
     fns = {name: (lambda p=p, b=b: p(cloud, budget=b)) for name, (p, b) in preds.items()}
     lat = interleaved_latency(fns, max(3, cfg.repeats // 2), 1)
     for name, (p, b) in preds.items():
         rep = p(cloud, budget=b).report
         result["scene"][name] = {"latency_s": lat[name], "flops": count_flops(fns[name]), "params": params_of(p.model),
-                                 "peak_mem_mb": peak_memory_mb(fns[name]), "tokens_in_encoder": rep.tokens_in_encoder,
+                                 "peak_mem_mb": peak_rss_mb("scene", name, cfg), "tokens_in_encoder": rep.tokens_in_encoder,
                                  "num_centers": rep.num_centers, "timings_ms": rep.timings_ms}
         print(f"[bench]   {name:16s} {lat[name] * 1e3:9.1f} ms  tokens {rep.tokens_in_encoder:4d}  "
               f"peak {result['scene'][name]['peak_mem_mb']:7.0f} MB", flush=True)
