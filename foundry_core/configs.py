@@ -153,6 +153,7 @@ class FinetuneConfig:
     head_dropout: float = 0.5
     seg_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
     category_embedding: bool = True   # partseg: add a learned object-category embedding
+    class_weighting: Literal["none", "inverse_sqrt"] = "none"   # segmentation: weight rare classes up
 
 
 @dataclass

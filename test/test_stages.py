@@ -80,3 +80,16 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert read_meta(tmp_path / "run" / "last.safetensors")["world_size"] == 2
     # 48 clouds / 2 ranks / batch 8 = 3 steps per rank per epoch: each rank saw half of the data
     assert proc.stdout.count("[pretrain] epoch") == 2
+
+
+def test_segmentation_class_weights_favour_rare_classes():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from foundry_core.configs import FinetuneConfig
+    from foundry_core.stages.finetune import segmentation_class_weights
+    shapes = SimpleNamespace(seg_classes=["ground", "box", "never"], seg=[np.array([0] * 90 + [1] * 10)])
+    assert segmentation_class_weights(FinetuneConfig(task="sceneseg"), shapes) is None
+    w = segmentation_class_weights(FinetuneConfig(task="sceneseg", class_weighting="inverse_sqrt"), shapes)
+    assert w[2] == 0 and float(w[1] / w[0]) == pytest.approx(3.0) and float(w[:2].mean()) == pytest.approx(1.0)

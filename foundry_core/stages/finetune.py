@@ -72,14 +72,15 @@ def evaluate_task(model: TaskModel, dataset: PointCloudDataset, task: str, batch
 class SupervisedTask:
     """Trainer plug-in: (label-smoothed) cross-entropy, test metrics as evaluation."""
 
-    def __init__(self, cfg: FinetuneConfig, test_set: PointCloudDataset):
-        self.cfg, self.test_set = cfg, test_set
+    def __init__(self, cfg: FinetuneConfig, test_set: PointCloudDataset, class_weights: torch.Tensor | None = None):
+        self.cfg, self.test_set, self.class_weights = cfg, test_set, class_weights
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cat = batch.get("category") if self.cfg.task == "partseg" else None
         logits = net(batch["points"], cat)
         target = batch["label"] if self.cfg.task == "cls" else batch["seg"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+        w = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), weight=w,
                                label_smoothing=self.cfg.label_smoothing)
         acc = (logits.argmax(-1) == target).float().mean().item() * 100
         return loss, {"acc": acc}
@@ -96,6 +97,20 @@ class SupervisedTask:
                 + decay_groups(model.head))
 
 
+def segmentation_class_weights(cfg: FinetuneConfig, shapes) -> torch.Tensor | None:
+    """class_weighting inverse_sqrt: w_k = 1 / sqrt(f_k) of the training points' class frequencies,
+    normalised to mean 1 over the classes present (absent classes get weight 0)."""
+    if cfg.task == "cls" or cfg.class_weighting == "none":
+        return None
+    k = len(shapes.seg_classes)
+    counts = np.bincount(np.concatenate([np.asarray(s).reshape(-1) for s in shapes.seg]), minlength=k)[:k]
+    freq = counts / max(1, counts.sum())
+    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+    w = w / w[counts > 0].mean()
+    print(f"[finetune] class weights {dict(zip(shapes.seg_classes, np.round(w, 2).tolist()))}", flush=True)
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and export backbone + head to <out_dir>/model.safetensors; returns final metrics."""
     out = prepare_run_dir(cfg.run.out_dir, cfg)
@@ -108,7 +123,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     else:
         backbone = PointBackbone(cfg.model)
     model = build_task_model(cfg, backbone, train_set.shapes)
-    task = SupervisedTask(cfg, test_set)
+    task = SupervisedTask(cfg, test_set, segmentation_class_weights(cfg, train_set.shapes))
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage=f"finetune_{cfg.task}", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
     final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
