@@ -309,6 +309,7 @@ class Predictor:
         self.backend_choice = self._select_backend()
         self.backend, self.runner = self.backend_choice.name, self.backend_choice.runner
         if self.backend == "onnxruntime-cpu":
+            self.backend = getattr(self, "_ort_name", self.backend)
             self.precision = "fp32"
         if self.backend.startswith("torch") and self.device.type != self.backend.split("-")[1]:
             self.device = torch.device(self.backend.split("-")[1])
@@ -350,9 +351,19 @@ class Predictor:
         return path
 
     def _load_onnxruntime(self):
+        """ONNX Runtime on CPU; with a CUDA device and an onnxruntime build that has it, its CUDA
+        provider (TensorRT provider first when present) with the CPU provider as fallback for ops."""
+        import onnxruntime as ort
         from .onnx_runner import OnnxRunner
         self._graph_supported()
-        return OnnxRunner(self.onnx_path(), ["CPUExecutionProvider"], threads=self.cfg.threads)
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in ort.get_available_providers()]
+            providers = gpu + providers
+        runner = OnnxRunner(self.onnx_path(), providers, threads=self.cfg.threads)
+        if runner.providers[0] != "CPUExecutionProvider":
+            self._ort_name = "onnxruntime-" + runner.providers[0].replace("ExecutionProvider", "").lower()
+        return runner
 
     def _load_tensorrt(self):
         from .export import OUTPUT_NAMES, signature_of
