@@ -104,6 +104,10 @@ def plot(summary: dict, state: DemoState, last_cloud: np.ndarray | None, path: P
         for k in np.unique(lab[ok]):
             m = lab == k
             ax[0].scatter(xyz[m, 0], xyz[m, 1], s=0.3, color=cols[k], label=names[k] if k < len(names) else str(k))
+        if ok.any():                             # zoom on the region the model labelled
+            lo, hi = np.nanmin(xyz[ok, :2], 0) - 2.0, np.nanmax(xyz[ok, :2], 0) + 2.0
+            ax[0].set_xlim(lo[0], hi[0])
+            ax[0].set_ylim(lo[1], hi[1])
         ax[0].legend(markerscale=15, fontsize=8, loc="upper right")
         ax[0].set_aspect("equal")
         ax[0].set(title="last labelled frame (top view)", xlabel="x (m)", ylabel="y (m)")
