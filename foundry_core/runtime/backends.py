@@ -10,7 +10,7 @@ backend="auto" walks these three; a named backend walks from that rung down, so 
 TensorRT on a machine without it still runs (on the next rung, with the reason logged and reported).
 backend="onnxruntime" runs the exported graph on ONNX Runtime's CPU provider, then falls back to
 torch-cpu. It is not on the auto ladder: for the shipped scene model, whose cost is the tokenizer and
-the per-point head, PyTorch eager with the folded head is faster on CPU (37 vs 45 ms a sweep, see
+the per-point head, PyTorch eager with the folded head is faster on CPU (41–47 vs 54–63 ms a sweep, see
 docs/model_card.md); for large encoders (ViT-S at 64+ tokens) ONNX Runtime is up to ~2x faster.
 A rung is skipped when its requirements are missing (no CUDA, package not installed) or when it
 fails at load (export, session or engine build error): the loader's exception is the reason.
