@@ -183,9 +183,12 @@ class StudentConfig:
 class DistillConfig:
     """Foundation Model Distillation of a pre-trained teacher into a Foundry student."""
 
-    teacher: str = ""                   # exported teacher backbone (.safetensors)
+    teacher: str = ""                   # exported teacher backbone (.safetensors); loss kl: a fine-tuned task model
     student: StudentConfig = field(default_factory=StudentConfig)
-    loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    # smooth_l1 / mse: Foundation Model Distillation (reconstruct the teacher's tokens, task-agnostic);
+    # kl: a specialist (paper Table 2): KL divergence on one task's logits, teacher = that task's model
+    loss: Literal["smooth_l1", "mse", "kl"] = "smooth_l1"
+    temperature: float = 4.0            # softmax temperature of the kl loss
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -76,3 +76,22 @@ def test_baselines_distill_in_the_same_loop_and_reload(tmp_path, tiny_teacher, k
     assert a.last.shape == (2, 16, 32)                      # all c token slots, like the teacher
     torch.testing.assert_close(a.last, b.last)
     assert int(a.tokens_in_encoder.max()) <= 16
+
+
+@pytest.mark.parametrize("task", ["cls", "partseg"])
+def test_specialist_kl_student_learns_the_teachers_task(tmp_path, tiny_teacher, task):
+    from dataclasses import replace
+
+    from conftest import tiny_data
+    teacher_model = tmp_path / "teacher_task"
+    run_finetune(tiny_finetune(teacher_model, task=task, epochs=2, init=tiny_teacher))
+    cfg = tiny_distill(tmp_path / "spec", str(teacher_model / "model.safetensors"), epochs=3)
+    cfg = replace(cfg, loss="kl", temperature=2.0, data=tiny_data(with_seg=task != "cls"))
+    res = run_distill(cfg)
+    kl = [h["train_distill_loss"] for h in res["history"]]
+    assert kl[-1] < kl[0] and all(v >= 0 for v in kl)
+    assert isinstance(load_backbone(res["student"]), FoundryStudent)       # transferable backbone
+    metric = "test_acc" if task == "cls" else "test_miou"
+    assert 0 <= run_evaluate(res["model"], cfg.data)[metric] <= 100        # the specialist itself
+    with pytest.raises(Exception, match="with_seg"):                       # data must fit the task
+        run_distill(replace(cfg, data=tiny_data(with_seg=task == "cls")))

@@ -2,8 +2,16 @@
 
 The student reconstructs the teacher's output tokens Y from the same augmented input and the same
 token groups: loss = SmoothL1(Y_hat, Y) (or MSE) - lambda * sum(pi) with the gate.
+
+loss: kl makes the specialist of the paper's Table 2 instead: the teacher is a fine-tuned task model
+(backbone + head), the student gets a trainable copy of its head, and the loss is
+T^2 KL(softmax(teacher logits / T) || softmax(student logits / T)) on that one task (per cloud for
+classification, per point for segmentation). It exports the student backbone (student.safetensors,
+for transfer to other tasks) and the specialist task model (model.safetensors).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +20,9 @@ from torch import nn
 from ..config import ConfigError, to_dict
 from ..configs import DistillConfig
 from ..data.sources import make_datasets
-from ..models.backbone import PointBackbone
-from ..models.io import load_backbone, save_student
+from ..models.backbone import BackboneOutput, PointBackbone
+from ..models.heads import TaskModel
+from ..models.io import load_backbone, save_student, save_task_model
 from ..models.student import FoundryStudent, StudentOutput
 from ..train.probe import linear_probe
 from ..train.trainer import Trainer
@@ -21,32 +30,55 @@ from .common import decay_groups, eval_view, prepare_run_dir
 
 
 class Distiller(nn.Module):
-    """teacher (frozen, eval) + student; forward(points (B, N, C)) -> (loss, distill_loss, student output)."""
+    """teacher (frozen, eval) + student; forward(points (B, N, C), category (B,) | None)
+    -> (loss, distillation loss, student output). With a teacher head (loss kl) the student is
+    trained on the head's logits through its own trainable copy of the head."""
 
-    def __init__(self, teacher: PointBackbone, student: FoundryStudent, loss: str = "smooth_l1"):
+    def __init__(self, teacher: PointBackbone, student: FoundryStudent, loss: str = "smooth_l1",
+                 teacher_head: nn.Module | None = None, temperature: float = 4.0):
         super().__init__()
         self.teacher, self.student, self.loss = teacher, student, loss
         self.teacher.requires_grad_(False)
+        self.teacher_head = teacher_head
+        self.student_head = None
+        if loss == "kl":
+            if teacher_head is None:
+                raise ValueError("loss kl needs the teacher's task head")
+            teacher_head.requires_grad_(False)
+            self.student_head = copy.deepcopy(teacher_head).requires_grad_(True)
+        self.temperature = float(temperature)
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
         self.teacher.eval()
+        if self.teacher_head is not None:
+            self.teacher_head.eval()
         return self
 
     @torch.no_grad()
-    def teacher_tokens(self, tok) -> torch.Tensor:
-        """Teacher output Y (B, c, D) on the student's groups (teacher tokenizer weights)."""
+    def teacher_output(self, tok) -> BackboneOutput:
+        """Teacher output on the student's groups (teacher tokenizer weights); .last = Y (B, c, D)."""
         t = self.teacher.tokenizer.encoder(tok.groups)
-        return self.teacher.encoder(t, self.teacher.tokenizer.pos_embed(tok.centers)).last
+        return BackboneOutput(tokens=tok, encoded=self.teacher.encoder(t, self.teacher.tokenizer.pos_embed(tok.centers)))
 
-    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, StudentOutput]:
+    def forward(self, points: torch.Tensor, category: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, StudentOutput]:
         tok = self.student.tokenizer(points)
-        y = self.teacher_tokens(tok)
+        y = self.teacher_output(tok)
         out = self.student.encode(tok, points=points)   # students that regroup use the raw cloud
-        if self.loss == "mse":
-            rec = F.mse_loss(out.last, y)
+        if self.loss == "kl":
+            temp = self.temperature
+            with torch.no_grad():
+                t_logits = self.teacher_head(y, points, category)
+            s_logits = self.student_head(out, points, category)
+            k = s_logits.shape[-1]
+            rec = F.kl_div(F.log_softmax(s_logits.reshape(-1, k) / temp, -1),
+                           F.log_softmax(t_logits.reshape(-1, k) / temp, -1),
+                           log_target=True, reduction="batchmean") * temp * temp
+        elif self.loss == "mse":
+            rec = F.mse_loss(out.last, y.last)
         else:
-            rec = F.smooth_l1_loss(out.last, y)
+            rec = F.smooth_l1_loss(out.last, y.last)
         return rec + out.gate_loss, rec, out
 
 
@@ -57,7 +89,7 @@ class DistillTask:
         self.cfg, self.probe_train, self.probe_test = cfg, probe_train, probe_test
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, rec, out = net(batch["points"])
+        loss, rec, out = net(batch["points"], batch.get("category"))
         metrics = {"distill_loss": rec.item(), "tokens_in_encoder": out.tokens_in_encoder.float().mean().item()}
         if out.gate_probs is not None:
             metrics["gate_merge_frac"] = out.merged.float().mean().item()
@@ -72,8 +104,10 @@ class DistillTask:
         model.eval()
         losses = []
         for i in range(0, min(len(self.probe_test), 256), 32):
-            pts = torch.stack([self.probe_test[j]["points"] for j in range(i, min(i + 32, len(self.probe_test)))])
-            losses.append(model(pts.to(device))[1].item())
+            items = [self.probe_test[j] for j in range(i, min(i + 32, len(self.probe_test)))]
+            pts = torch.stack([it["points"] for it in items]).to(device)
+            cat = torch.stack([torch.as_tensor(it["category"]) for it in items]).to(device) if "category" in items[0] else None
+            losses.append(model(pts, cat)[1].item())
         stats = {"val_distill_loss": sum(losses) / len(losses)}
         if self.probe_train.num_classes < 2:      # scene sets: nothing to classify
             return stats
@@ -81,7 +115,8 @@ class DistillTask:
                                                    self.cfg.probe, device)}
 
     def param_groups(self, model: Distiller) -> list[dict]:
-        return decay_groups(model.student)
+        head = decay_groups(model.student_head) if model.student_head is not None else []
+        return decay_groups(model.student) + head
 
 
 def build_student(cfg: DistillConfig, teacher: PointBackbone, train_set=None) -> nn.Module:
@@ -112,10 +147,19 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     out = prepare_run_dir(cfg.run.out_dir, cfg)
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
-    teacher = load_backbone(cfg.teacher)
+    teacher_head, task_meta = None, None
+    if cfg.loss == "kl":
+        from ..runtime.predictor import load_task_model
+        task_model, task_meta = load_task_model(cfg.teacher)
+        teacher, teacher_head = task_model.backbone, task_model.head
+        if (task_meta["task"] != "cls") != cfg.data.with_seg:
+            raise ConfigError(f"loss kl with a {task_meta['task']} teacher needs data.with_seg: "
+                              f"{str(task_meta['task'] != 'cls').lower()}")
+    else:
+        teacher = load_backbone(cfg.teacher)
     if isinstance(teacher, FoundryStudent):
         raise ValueError(f"{cfg.teacher} is a distilled student; distill from a teacher backbone")
-    model = Distiller(teacher, build_student(cfg, teacher, train_set), cfg.loss)
+    model = Distiller(teacher, build_student(cfg, teacher, train_set), cfg.loss, teacher_head, cfg.temperature)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
@@ -124,6 +168,12 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
         path = save_student(out / "student.safetensors", model.student.cpu(),
                             {"stage": "distill", "teacher": cfg.teacher, "metrics": history[-1]})
         result["student"] = str(path)
+        if task_meta is not None:                   # the specialist itself, ready for evaluate / predict
+            meta = {k: task_meta.get(k) for k in ("task", "classes", "seg_classes", "head")}
+            result["model"] = str(save_task_model(out / "model.safetensors",
+                                                  TaskModel(model.student, model.student_head).cpu(),
+                                                  model.student.cfg, {**meta, "init": cfg.teacher,
+                                                                      "metrics": history[-1]}))
         print(f"[distill] {cfg.student.kind} student (s={cfg.student.supertokens}, gate={cfg.student.gate}) "
               f"exported to {path}",
               flush=True)
