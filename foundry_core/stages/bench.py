@@ -10,7 +10,8 @@ scene segmentation head (preprocess, tokenize, encode, head, per-point labels fo
 Per model: parameters, FLOPs (torch FlopCounterMode under the MATH attention kernel, which the
 counter sees, cross-checked against the analytic ViT count), median latency after warm-up
 (models interleaved round by round so machine noise hits all alike), throughput, and peak memory
-(peak RSS of a fresh process holding only that model and its input, running one call).
+(peak RSS of a fresh process holding only that model and its input, running one call; on CUDA the
+peak allocated GPU memory of that process). device=auto runs on CUDA when available.
 Weights are random: cost does not depend on them (gate budgets force the token counts).
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ class BenchConfig:
     encoder: str = "vit_s"
     supertokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     gate_budgets: list[int] = field(default_factory=lambda: [48, 32, 24])
+    gate_supertokens: int = 16        # s of the Foundry-Gate student (budgets must be >= s)
     scene_points: int = 1 << 18
     scene_budgets: list[int] = field(default_factory=lambda: [256, 64])
     scene_max_points: int = 32768
@@ -52,6 +54,14 @@ class BenchConfig:
     warmup: int = 1
     threads: int = 0                  # 0: torch's default
     seed: int = 0
+    device: str = "auto"              # auto (CUDA when available) | cpu | cuda
+    measure_memory: bool = True       # one spawned process per model (slow to start); false: null
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
 
 def machine_name() -> str:
@@ -82,9 +92,11 @@ def vit_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> floa
     return 2.0 * depth * (4 * tokens * dim ** 2 + 2 * mlp_ratio * tokens * dim ** 2 + 2 * tokens ** 2 * dim)
 
 
-def peak_rss_mb(part: str, name: str, cfg: "BenchConfig") -> float:
+def peak_rss_mb(part: str, name: str, cfg: "BenchConfig") -> float | None:
     """Peak RSS (MB) of a fresh process (spawned: a fork would deadlock in torch's OpenMP pool) that
     holds only this model and its input and runs one call: the number a robot's process would see."""
+    if not cfg.measure_memory:
+        return None
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -107,6 +119,14 @@ def _peak_child(part: str, name: str, cfg_dict: dict, q) -> None:
         pred, budget = scene_predictors(cfg, make_teacher(cfg, cfg.scene_max_centers), only=name)[name]
         fn = lambda: pred(cloud, budget=budget)                           # noqa: E731
     gc.collect()
+    if cfg.torch_device.type == "cuda":                                   # GPU memory is what runs out there
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            fn()
+        torch.cuda.synchronize()
+        q.put(torch.cuda.max_memory_allocated() / 2 ** 20)
+        return
     with open("/proc/self/clear_refs", "w") as f:                         # reset the high-water mark
         f.write("5")
     with torch.inference_mode():
@@ -122,8 +142,13 @@ def _status_mb(key: str) -> float:
     return float("nan")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def interleaved_latency(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of every fn, run round-robin."""
+    """Median seconds per call of every fn, run round-robin (CUDA synchronised around each call)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -131,8 +156,10 @@ def interleaved_latency(fns: dict[str, Callable[[], object]], repeats: int, warm
                 fn()
         for _ in range(repeats):
             for name, fn in fns.items():
+                _sync()
                 t0 = time.perf_counter()
                 fn()
+                _sync()
                 times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -151,7 +178,7 @@ def frozen(module: torch.nn.Module) -> torch.nn.Module:
 def make_teacher(cfg: BenchConfig, num_groups: int | None = None) -> PointBackbone:
     torch.manual_seed(cfg.seed)
     return frozen(PointBackbone(ModelConfig(encoder=cfg.encoder, num_groups=num_groups or cfg.num_groups,
-                                            group_size=cfg.group_size)))
+                                            group_size=cfg.group_size))).to(cfg.torch_device)
 
 
 def object_models(cfg: BenchConfig, only: str | None = None
@@ -160,7 +187,8 @@ def object_models(cfg: BenchConfig, only: str | None = None
     from ..data.synthetic import generate_shapes
     teacher = make_teacher(cfg)
     shapes = generate_shapes(cfg.batch, cfg.num_points, seed=cfg.seed)
-    pts = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32)[:cfg.num_points, :3] for p in shapes.points]))
+    pts = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32)[:cfg.num_points, :3]
+                                     for p in shapes.points])).to(cfg.torch_device)
     gen = lambda: torch.Generator().manual_seed(cfg.seed)            # noqa: E731 - same FPS start for all
     want = lambda name: only is None or name == only                      # noqa: E731
     models: dict[str, tuple[torch.nn.Module, Callable]] = {}
@@ -171,7 +199,7 @@ def object_models(cfg: BenchConfig, only: str | None = None
             st = frozen(FoundryStudent.from_teacher(teacher, s))
             models[f"foundry_s{s}"] = (st, lambda st=st: st(pts, gen()))
     if any(want(f"gate_budget_{b}") for b in cfg.gate_budgets):
-        gated = frozen(FoundryStudent.from_teacher(teacher, 16, gate=True))
+        gated = frozen(FoundryStudent.from_teacher(teacher, cfg.gate_supertokens, gate=True))
         for b in cfg.gate_budgets:       # budget only (r > 1): the budget sets the token count
             if want(f"gate_budget_{b}"):
                 models[f"gate_budget_{b}"] = (gated, lambda b=b: gated(pts, gen(), budget=b, fusion_threshold=2.0))
@@ -200,7 +228,8 @@ def scene_predictors(cfg: BenchConfig, teacher: PointBackbone, only: str | None 
     from ..runtime.predictor import Predictor, PredictorConfig
     from ..runtime.preprocess import PreprocessConfig
     from ..sim import SIM_CLASSES
-    pre = PreprocessConfig(max_points=cfg.scene_max_points, min_centers=64, max_centers=cfg.scene_max_centers,
+    pre = PreprocessConfig(max_points=cfg.scene_max_points, min_centers=min(64, cfg.scene_max_centers),
+                           max_centers=cfg.scene_max_centers,
                            points_per_center=cfg.scene_max_points / cfg.scene_max_centers)
     meta = {"task": "sceneseg", "classes": ["scene"], "seg_classes": SIM_CLASSES}
     depth = teacher.depth
@@ -208,7 +237,8 @@ def scene_predictors(cfg: BenchConfig, teacher: PointBackbone, only: str | None 
 
     def predictor(backbone) -> Predictor:
         head = SegmentationHead(getattr(backbone, "hidden_dim", backbone.dim), len(SIM_CLASSES), layers)
-        return Predictor(frozen(TaskModel(backbone, head)), meta, PredictorConfig(preprocess=pre, backend="torch"))
+        return Predictor(frozen(TaskModel(backbone, head)), meta,
+                         PredictorConfig(preprocess=pre, backend="torch", device=cfg.torch_device.type))
 
     want = lambda name: only is None or name == only                      # noqa: E731
     out = {"teacher": (predictor(teacher), None)} if want("teacher") else {}
@@ -216,7 +246,7 @@ def scene_predictors(cfg: BenchConfig, teacher: PointBackbone, only: str | None 
         if want(f"foundry_s{s}"):
             out[f"foundry_s{s}"] = (predictor(FoundryStudent.from_teacher(teacher, s)), None)
     if any(want(f"gate_budget_{b}") for b in cfg.scene_budgets):
-        gated = predictor(FoundryStudent.from_teacher(teacher, 16, gate=True))
+        gated = predictor(FoundryStudent.from_teacher(teacher, cfg.gate_supertokens, gate=True))
         gated.cfg.fusion_threshold = 2.0         # budget only: the budget sets the token count
         for b in cfg.scene_budgets:
             if want(f"gate_budget_{b}"):
@@ -247,13 +277,13 @@ def run_bench(cfg: BenchConfig, output: str | Path) -> dict:
     d = teacher.dim
     result["flops_check"] = {"teacher_encoder_analytic": cfg.batch * vit_flops(cfg.num_groups, d, teacher.depth),
                              "teacher_encoder_counted": count_flops(
-                                 lambda: teacher.encoder(torch.randn(cfg.batch, cfg.num_groups, d),
-                                                         torch.randn(cfg.batch, cfg.num_groups, d)))}
+                                 lambda: teacher.encoder(torch.randn(cfg.batch, cfg.num_groups, d, device=pts.device),
+                                                         torch.randn(cfg.batch, cfg.num_groups, d, device=pts.device)))}
     # ---- scene
     cloud = scene_cloud(cfg)
     print(f"[bench] scene: {len(cloud)} points", flush=True)
     tok = teacher.tokenizer
-    x = torch.from_numpy(cloud).unsqueeze(0)
+    x = torch.from_numpy(cloud).unsqueeze(0).to(cfg.torch_device)
     tok_fn = lambda: tok(x, num_groups=cfg.scene_max_centers, generator=torch.Generator().manual_seed(0))  # noqa: E731
     result["tokenize_2p18_s"] = interleaved_latency({"tok": tok_fn}, cfg.repeats, cfg.warmup)["tok"]
     preds = scene_predictors(cfg, make_teacher(cfg, cfg.scene_max_centers))
@@ -265,7 +295,7 @@ def run_bench(cfg: BenchConfig, output: str | Path) -> dict:
                                  "peak_mem_mb": peak_rss_mb("scene", name, cfg), "tokens_in_encoder": rep.tokens_in_encoder,
                                  "num_centers": rep.num_centers, "timings_ms": rep.timings_ms}
         print(f"[bench]   {name:16s} {lat[name] * 1e3:9.1f} ms  tokens {rep.tokens_in_encoder:4d}  "
-              f"peak {result['scene'][name]['peak_mem_mb']:7.0f} MB", flush=True)
+              f"peak {result['scene'][name]['peak_mem_mb'] or float('nan'):7.0f} MB", flush=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1))
     write_table(result, out_path.with_suffix(".md"))
@@ -292,7 +322,8 @@ def write_table(result: dict, path: Path) -> None:
                   "peak memory (MB) |", "|---|---|---|---|---|---|"]
         for name, r in result[part].items():
             lines.append(f"| {name} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.1f} | {r['latency_s'] * 1e3:.1f} | "
-                         f"{t['latency_s'] / r['latency_s']:.2f}x | {r['peak_mem_mb']:.0f} |")
+                         f"{t['latency_s'] / r['latency_s']:.2f}x | "
+                         f"{'-' if r['peak_mem_mb'] is None else format(r['peak_mem_mb'], '.0f')} |")
         lines.append("")
     lines.append(f"Tokenising 2^18 points (FPS + kNN + mini-PointNet, c = {result['config']['scene_max_centers']}): "
                  f"{result['tokenize_2p18_s'] * 1e3:.0f} ms")
