@@ -83,6 +83,8 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
             "backend": reps[-1]["backend"] if reps else "",
             "mean_tokens_in_encoder": float(np.mean([r["tokens_in_encoder"] for r in reps])) if reps else 0.0,
             "frames_dropped_stale": int(sum(r["frames_dropped_stale"] for r in reps)),
+            "stage_ms_median": {k: float(np.median([r[k + "_ms"] for r in reps])) if reps else 0.0
+                                for k in ("preprocess", "tokenize", "encode", "head", "publish")},
             "label_histogram": {names[i] if i < len(names) else str(i): int(v) for i, v in enumerate(hist)},
             "source": source}
 
@@ -198,7 +200,8 @@ def run_client(args, out: Path, node_proc: subprocess.Popen, frames, topic: str)
     def on_report(m):
         r = {k: getattr(m, k) for k in ("latency_ms", "deadline_ms", "token_budget", "tokens_in_encoder",
                                           "points_in", "points_used", "backend", "frame_index",
-                                          "frames_dropped_stale", "tokenize_ms", "encode_ms", "head_ms")}
+                                          "frames_dropped_stale", "preprocess_ms", "tokenize_ms", "encode_ms",
+                                          "head_ms", "publish_ms")}
         with state.lock:
             state.reports.append(r)
         if not args.quiet:
@@ -306,6 +309,8 @@ def print_summary(s: dict, out: Path) -> None:
     print(f"[demo] {s['frames']} frames from {s['source']} on {s['backend']}: latency p50 {s['p50_ms']:.1f} ms, "
           f"p95 {s['p95_ms']:.1f} ms; deadline {s['deadline_ms']:.0f} ms met on {100 * s['hit_rate_after_10']:.1f} % "
           f"of frames after the first 10; mean token budget {s['mean_budget']:.0f}", flush=True)
+    print("[demo] node stages (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms_median"].items()),
+          flush=True)
     if s["miou"] is not None:
         print(f"[demo] mIoU vs simulator ground truth {s['miou']:.1f} % (all-ground baseline "
               f"{s['baseline_miou']:.1f} %)", flush=True)
