@@ -33,7 +33,8 @@ def test_ladder_skips_missing_and_failing_rungs_with_reasons(caplog):
 
     with caplog.at_level(logging.WARNING):
         choice = select_backend(["tensorrt", "onnxruntime-cpu", "torch-cpu"],
-                                {"tensorrt": missing, "onnxruntime-cpu": fails_at_load, "torch-cpu": lambda: "eager"})
+                                {"tensorrt": missing, "onnxruntime-cpu": fails_at_load, "torch-cpu": lambda: "eager"},
+                                requested="tensorrt")
     assert (choice.name, choice.runner) == ("torch-cpu", "eager")
     assert choice.skipped == [("tensorrt", "ImportError: No module named 'tensorrt'"),
                               ("onnxruntime-cpu", "session creation failed: bad graph")]

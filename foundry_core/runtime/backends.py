@@ -49,9 +49,10 @@ def rungs_for(backend: str, cuda: bool) -> list[str]:
     return list(RUNGS)
 
 
-def select_backend(rungs: list[str], loaders: dict[str, Callable[[], Any]]) -> BackendChoice:
+def select_backend(rungs: list[str], loaders: dict[str, Callable[[], Any]], requested: str = "auto") -> BackendChoice:
     """Try the rungs in order; loaders[rung]() returns the runner or raises with the reason.
-    The last rung must load (its exception propagates)."""
+    The last rung must load (its exception propagates). Skips are logged as warnings when a backend
+    was asked for by name, as info under "auto" (no GPU on a CPU machine is not a problem)."""
     skipped: list[tuple[str, str]] = []
     for i, rung in enumerate(rungs):
         try:
@@ -60,7 +61,8 @@ def select_backend(rungs: list[str], loaders: dict[str, Callable[[], Any]]) -> B
             if i == len(rungs) - 1:
                 raise
             reason = f"{type(e).__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
-            log.warning("backend %s unavailable: %s", rung, reason)
+            log.log(logging.INFO if requested == "auto" else logging.WARNING,
+                    "backend %s unavailable: %s", rung, reason)
             skipped.append((rung, reason))
             continue
         choice = BackendChoice(rung, runner, skipped)

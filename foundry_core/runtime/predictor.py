@@ -320,7 +320,8 @@ class Predictor:
         cuda = self.device.type == "cuda"
         rungs = rungs_for(self.cfg.backend, cuda)
         return select_backend(rungs, {"tensorrt": self._load_tensorrt, "torch-cuda": self._load_torch_cuda,
-                                      "onnxruntime-cpu": self._load_onnxruntime, "torch-cpu": lambda: None})
+                                      "onnxruntime-cpu": self._load_onnxruntime, "torch-cpu": lambda: None},
+                              requested=self.cfg.backend)
 
     def _load_torch_cuda(self):
         if self.device.type != "cuda":
