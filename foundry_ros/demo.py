@@ -51,13 +51,8 @@ def sim_stream(num_frames: int, seed: int, rate_hz: float):
     return [(f.points, f.labels) for f in stream.frames]
 
 
-def miou_of(conf: np.ndarray) -> float:
-    from foundry_core.train.metrics import mean_iou
-    return mean_iou(conf)
-
-
 def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, source: str) -> dict:
-    from foundry_core.train.metrics import confusion
+    from foundry_core.train.metrics import confusion, mean_iou
     reps = sorted(state.reports, key=lambda r: r["frame_index"])
     lat = np.array([r["latency_ms"] for r in reps], dtype=np.float64)
     after = [r for r in reps if r["frame_index"] >= 10]
@@ -79,7 +74,7 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
             "p95_ms": float(np.percentile(lat, 95)) if reps else 0.0,
             "hit_rate_after_10": float(np.mean(hits)) if hits else 0.0,
             "mean_budget": float(np.mean([r["token_budget"] for r in reps])) if reps else 0.0,
-            "miou": miou_of(conf) if has_truth else None, "baseline_miou": miou_of(base) if has_truth else None,
+            "miou": mean_iou(conf) if has_truth else None, "baseline_miou": mean_iou(base) if has_truth else None,
             "backend": reps[-1]["backend"] if reps else "",
             "mean_tokens_in_encoder": float(np.mean([r["tokens_in_encoder"] for r in reps])) if reps else 0.0,
             "frames_dropped_stale": int(sum(r["frames_dropped_stale"] for r in reps)),
@@ -89,17 +84,17 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
             "source": source}
 
 
-def plot(summary: dict, state: DemoState, last_cloud: np.ndarray | None, path: Path) -> None:
+def plot(summary: dict, state: DemoState, clouds: dict[int, np.ndarray], path: Path) -> None:
+    """Top view of the last labelled frame (clouds: stamp -> xyz) and latency / budget over time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from foundry_core.runtime.predictor import label_colors
     fig, ax = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1.1, 1]})
     names = state.label_names
-    if last_cloud is not None and state.labels:
-        stamp = max(state.labels)
-        lab = state.labels[stamp]
-        xyz = last_cloud[stamp] if isinstance(last_cloud, dict) else last_cloud
+    if clouds:
+        stamp = max(clouds)
+        lab, xyz = state.labels[stamp], clouds[stamp]
         cols = np.array(label_colors(max(len(names), int(lab.max()) + 1)))
         ok = lab >= 0
         ax[0].scatter(xyz[~ok, 0], xyz[~ok, 1], s=0.2, c="lightgray")

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from .augment import rotation_about
 from .shapeset import ShapeSet
 
 # --------------------------------------------------------------------------- classes
@@ -50,21 +51,6 @@ _MIN_OCCLUSION = 0.1
 
 # --------------------------------------------------------------------------- geometry helpers
 
-def _rot_x(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def _rot_y(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _rot_z(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def _align_z(d: np.ndarray) -> np.ndarray:
     """Rotation taking +z onto the direction d (Rodrigues)."""
     d = np.asarray(d, dtype=np.float64)
@@ -73,7 +59,7 @@ def _align_z(d: np.ndarray) -> np.ndarray:
     if c > 1.0 - 1e-12:
         return np.eye(3)
     if c < -1.0 + 1e-12:
-        return _rot_x(math.pi)
+        return rotation_about(0, math.pi)
     v = np.array([-d[1], d[0], 0.0])  # z x d
     vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
     return np.eye(3) + vx + vx @ vx / (1.0 + c)
@@ -350,7 +336,7 @@ def _chair(rng: np.random.Generator) -> list[_Prim]:
         back.append(_box(1, (0, 0, hb - rail / 2), (tb / 2, S, rail / 2)))
         for y in np.linspace(-S * 0.85, S * 0.85, k):
             back.append(_box(1, (0, y, (hb - rail) / 2), (tb / 2, U(0.015, 0.04), (hb - rail) / 2)))
-    prims += _placed(back, _rot_y(-tilt), (-D + tb / 2, 0, hs))
+    prims += _placed(back, rotation_about(1, -tilt), (-D + tb / 2, 0, hs))
     t, inset, splay = U(0.015, 0.035), U(0.0, 0.05), U(0.0, 0.06)
     round_legs = rng.random() < 0.5
     for sx in (1, -1):
@@ -384,7 +370,7 @@ def _lamp(rng: np.random.Generator) -> list[_Prim]:
         a, ang = U(0.15, 0.35), U(-0.3, 0.5)
         end = top + a * np.array([math.cos(ang), 0.0, math.sin(ang)])
         prims.append(_rod(1, top, end, rp))
-        prims.append(_frustum(2, end, U(0.02, 0.05), U(0.1, 0.18), hs, rot=_rot_x(math.pi), caps=(True, False)))
+        prims.append(_frustum(2, end, U(0.02, 0.05), U(0.1, 0.18), hs, rot=rotation_about(0, math.pi), caps=(True, False)))
     else:  # classic shade around the pole top
         r0 = U(0.12, 0.25)
         prims.append(_frustum(2, top - [0, 0, hs * U(0.3, 0.7)], r0, r0 * U(0.35, 0.8), hs, caps=(False, False)))
@@ -400,7 +386,7 @@ def _mug(rng: np.random.Generator) -> list[_Prim]:
     arc = U(0.5, 0.6) * math.pi
     zc = h * U(0.45, 0.58)
     rz = r + (r1 - r) * zc / h
-    prims.append(_torus(1, (rz * 0.95, 0, zc), Rh, rt, -arc, arc, rot=_rot_x(math.pi / 2)))
+    prims.append(_torus(1, (rz * 0.95, 0, zc), Rh, rt, -arc, arc, rot=rotation_about(0, math.pi / 2)))
     return prims
 
 
@@ -408,7 +394,7 @@ def _airplane(rng: np.random.Generator) -> list[_Prim]:
     U = rng.uniform
     L, rf = U(1.6, 2.6), U(0.07, 0.14)
     hh = L * U(0.3, 0.38)
-    along_x, back_x = _rot_y(math.pi / 2), _rot_y(-math.pi / 2)
+    along_x, back_x = rotation_about(1, math.pi / 2), rotation_about(1, -math.pi / 2)
     ln, lt = L * U(0.08, 0.16), L * U(0.15, 0.25)
     prims = [
         _cyl(0, (0, 0, 0), rf, hh, rot=along_x, caps=(False, False)),
@@ -420,7 +406,7 @@ def _airplane(rng: np.random.Generator) -> list[_Prim]:
     xw, zw = L * U(-0.12, 0.12), rf * U(-0.5, 0.3)
     engines = rng.random() < 0.5
     for sign in (1, -1):
-        R = _rot_x(sign * dih) @ _rot_z(sign * sweep)
+        R = rotation_about(0, sign * dih) @ rotation_about(2, sign * sweep)
         root = np.array([xw, sign * rf * 0.5, zw])
         prims.append(_box(1, root + R @ [0, sign * span / 2, 0], (chord / 2, span / 2, thick / 2), R))
         if engines:
@@ -429,11 +415,11 @@ def _airplane(rng: np.random.Generator) -> list[_Prim]:
     xt = -hh - lt * 0.5
     ts, tc, ft = span * U(0.25, 0.4), chord * U(0.5, 0.8), thick * 0.7
     for sign in (1, -1):
-        R = _rot_z(sign * sweep)
+        R = rotation_about(2, sign * sweep)
         root = np.array([xt, 0.0, 0.0])
         prims.append(_box(2, root + R @ [0, sign * ts / 2, 0], (tc / 2, ts / 2, ft / 2), R))
     hf, fs = span * U(0.2, 0.35), U(0.1, 0.6)
-    R = _rot_y(-fs)
+    R = rotation_about(1, -fs)
     prims.append(_box(2, np.array([xt, 0.0, rf * 0.5]) + R @ [0, 0, hf / 2], (tc / 2, ft / 2, hf / 2), R))
     return prims
 
@@ -443,7 +429,7 @@ def _rocket(rng: np.random.Generator) -> list[_Prim]:
     r, H = U(0.1, 0.2), U(0.9, 1.7)
     prims = [_cyl(0, (0, 0, H / 2), r, H / 2, caps=(True, False))]
     if rng.random() < 0.5:  # engine nozzle
-        prims.append(_frustum(0, (0, 0, 0), r * 0.6, r * U(0.7, 0.95), r * U(0.3, 0.8), rot=_rot_x(math.pi),
+        prims.append(_frustum(0, (0, 0, 0), r * 0.6, r * U(0.7, 0.95), r * U(0.3, 0.8), rot=rotation_about(0, math.pi),
                               caps=(False, True)))
     hn = r * U(1.5, 4.0)
     if rng.random() < 0.6:
@@ -453,7 +439,7 @@ def _rocket(rng: np.random.Generator) -> list[_Prim]:
     k = int(rng.integers(3, 5))
     fl, fh, ft, z0, ph = r * U(0.6, 1.6), H * U(0.12, 0.3), U(0.01, 0.025), H * U(0.0, 0.08), U(0, 2 * math.pi)
     for i in range(k):
-        R = _rot_z(ph + 2 * math.pi * i / k)
+        R = rotation_about(2, ph + 2 * math.pi * i / k)
         prims.append(_box(1, R @ [r + fl / 2, 0, z0 + fh / 2], (fl / 2, ft / 2, fh / 2), R))
     return prims
 
@@ -461,7 +447,7 @@ def _rocket(rng: np.random.Generator) -> list[_Prim]:
 def _mushroom(rng: np.random.Generator) -> list[_Prim]:
     U = rng.uniform
     r0, h = U(0.07, 0.18), U(0.3, 0.8)
-    Rs = _rot_y(U(-0.2, 0.2))
+    Rs = rotation_about(1, U(-0.2, 0.2))
     prims = _placed([_frustum(1, (0, 0, 0), r0, r0 * U(0.55, 1.0), h, caps=(True, False))], Rs, (0, 0, 0))
     a, c, zc = U(0.25, 0.6), U(0.12, 0.45), U(-0.35, 0.1)
     cap = _ellipsoid(0, (0, 0, -zc * c), (a, a * U(0.9, 1.1), c), zcut=zc, cap=True)
@@ -473,12 +459,12 @@ def _dumbbell(rng: np.random.Generator) -> list[_Prim]:
     U = rng.uniform
     Lb, rb = U(0.8, 1.4), U(0.025, 0.05)
     prims = [_rod(0, (-Lb / 2, 0, 0), (Lb / 2, 0, 0), rb)]
-    along_x = _rot_y(math.pi / 2)
+    along_x = rotation_about(1, math.pi / 2)
     style = rng.random()
     inner = Lb / 2 * U(0.45, 0.75)
     k, rw, tw = int(rng.integers(1, 4)), U(0.15, 0.3), U(0.04, 0.1)  # plates
     rs = U(0.13, 0.25)  # spheres
-    hw, rot = U(0.1, 0.2), _rot_x(U(0, math.pi / 2))  # blocks
+    hw, rot = U(0.1, 0.2), rotation_about(0, U(0, math.pi / 2))  # blocks
     for sign in (1, -1):
         if style < 0.5:  # stacked plates, radius decreasing outwards
             x = inner
@@ -521,9 +507,9 @@ def _car(rng: np.random.Generator) -> list[_Prim]:
     slope = U(0.0, 0.5)  # raked windscreen: a second, rotated cabin slab
     prims.append(_box(1, (xc, 0, zb + Hb + Hc), (Lc, wc, Hc)))
     if slope > 0.15:
-        R = _rot_y(slope)
+        R = rotation_about(1, slope)
         prims.append(_box(1, (xc + Lc, 0, zb + Hb + Hc * 0.8), (Hc * 0.6, wc, Hc * 0.8), R))
-    wheel_rot = _rot_x(math.pi / 2)
+    wheel_rot = rotation_about(0, math.pi / 2)
     inset = L * U(0.15, 0.3)
     xs = [L - inset, -(L - inset)]
     if rng.random() < 0.15:  # truck-like extra rear axle
@@ -573,8 +559,8 @@ def _make_shape(name: str, num_points: int, rng: np.random.Generator, noise: flo
     # pose: anisotropic scale, small tilt about a random horizontal axis, yaw about z
     s = rng.uniform(scale_range[0], scale_range[1], size=3)
     ta = rng.uniform(0, 2 * math.pi)
-    tilt = _rot_z(ta) @ _rot_x(rng.uniform(0.0, max_tilt)) @ _rot_z(-ta)
-    yaw = _rot_z(rng.uniform(0, 2 * math.pi)) if rotate else np.eye(3)
+    tilt = rotation_about(2, ta) @ rotation_about(0, rng.uniform(0.0, max_tilt)) @ rotation_about(2, -ta)
+    yaw = rotation_about(2, rng.uniform(0, 2 * math.pi)) if rotate else np.eye(3)
     R = yaw @ tilt
     x = (x * s) @ R.T
     nrm = _unit_rows((nrm / s) @ R.T)  # normals follow the inverse-transpose

@@ -2,6 +2,8 @@
 freezing the tokenizer / encoder, and building an encoder initialised from a teacher."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -34,6 +36,22 @@ class FreezableBackbone(nn.Module):
 
     tokenizer_frozen: bool = False
     encoder_frozen: bool = False
+
+    @classmethod
+    def from_teacher(cls, teacher: PointBackbone, *args, student_cfg: ModelConfig | None = None,
+                     freeze_tokenizer: bool = True, init_encoder: bool = True, **kwargs):
+        """A student / baseline on a deep copy of the teacher's tokenizer (frozen by default, same
+        grouping, so teacher and student see the same tokens) and an encoder built from student_cfg
+        (default: the teacher's config) initialised from the teacher's encoder wherever a tensor of
+        the same name and shape exists. With the teacher's own config a baseline is the "inference
+        from baseline" model (no training needed); the same module is what FMD trains. Extra
+        arguments go to the constructor; teacher_dim defaults to the teacher's width."""
+        encoder, cfg, copied = encoder_from_teacher(teacher, student_cfg, init_encoder)
+        kwargs.setdefault("teacher_dim", teacher.dim)
+        model = cls(copy.deepcopy(teacher.tokenizer), encoder, *args, cfg=cfg, **kwargs)
+        model.copied_from_teacher = copied
+        model.freeze_tokenizer(freeze_tokenizer)
+        return model
 
     def freeze_tokenizer(self, frozen: bool = True):
         self.tokenizer_frozen = frozen

@@ -19,17 +19,15 @@ states broadcast by the CAM, bypass tokens' own states), so heads work unchanged
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..configs import ModelConfig
-from .backbone import PointBackbone
 from .cau import CAU
 from .dso import DSO
-from .distillable import FreezableBackbone, encoder_from_teacher
+from .distillable import FreezableBackbone
 from .encoder import EncoderOutput, TransformerEncoder
 from .gate import TokenGate, forced_merges, forced_merges_tensor
 from .tokenizer import PointTokenizer, Tokens
@@ -83,23 +81,6 @@ class FoundryStudent(FreezableBackbone):
                                 cau_out_norm=cau_out_norm, gate_hidden=gate_hidden,
                                 gate_threshold=gate_threshold, gate_reg_weight=gate_reg_weight)
         self.copied_from_teacher: list[str] = []
-
-    # ------------------------------------------------------------------ construction / freezing
-    @classmethod
-    def from_teacher(cls, teacher: PointBackbone, num_supertokens: int, student_cfg: ModelConfig | None = None,
-                     gate: bool = False, freeze_tokenizer: bool = True, init_encoder: bool = True,
-                     **kwargs) -> "FoundryStudent":
-        """Student sharing a copy of the teacher's tokenizer (frozen by default) whose encoder is
-        built from student_cfg (default: the teacher's config) and initialised from the teacher's
-        encoder wherever a tensor of the same name and shape exists (same preset: full copy;
-        shallower: the first blocks; narrower: only what still matches). The tokenizer keeps the
-        teacher's grouping (num_groups, group_size) so teacher and student see the same tokens."""
-        encoder, cfg, copied = encoder_from_teacher(teacher, student_cfg, init_encoder)
-        student = cls(copy.deepcopy(teacher.tokenizer), encoder, num_supertokens, teacher.dim, gate=gate,
-                      cfg=cfg, **kwargs)
-        student.copied_from_teacher = copied
-        student.freeze_tokenizer(freeze_tokenizer)
-        return student
 
     # ------------------------------------------------------------------ forward
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,

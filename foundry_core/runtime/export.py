@@ -189,6 +189,12 @@ def check_dynamic_axes(proto, sig: GraphSignature) -> None:
                                    f"at {dims[axis].dim_value}; it must be dynamic")
 
 
+def default_cache_dir(override: str | Path = "") -> Path:
+    """Where exported graphs and TensorRT engines are cached: override, else $FOUNDRY_CACHE_DIR,
+    else ~/.cache/foundry."""
+    return Path(override or os.environ.get("FOUNDRY_CACHE_DIR") or Path.home() / ".cache" / "foundry")
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -110,11 +109,8 @@ class PredictorConfig:
 # ---------------------------------------------------------------------------------------- helpers
 def file_hash(path: str | Path, length: int = 12) -> str:
     """sha256 of a file's bytes, first `length` hex characters."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
+    from .export import file_sha256
+    return file_sha256(path)[:length]
 
 
 def label_colors(n: int) -> list[tuple[float, float, float, float]]:
@@ -308,6 +304,9 @@ class Predictor:
         self._budget_warned = False
         self.backend_choice = self._select_backend()
         self.backend, self.runner = self.backend_choice.name, self.backend_choice.runner
+        if self.runner is not None:
+            from .export import signature_of
+            self.graph_signature = signature_of(self.model)
         if self.backend == "onnxruntime-cpu":
             self.backend = getattr(self, "_ort_name", self.backend)
             self.precision = "fp32"
@@ -333,8 +332,8 @@ class Predictor:
             raise RuntimeError("token-reduction baselines are not exported (PyTorch only)")
 
     def cache_dir(self) -> Path:
-        import os
-        return Path(self.cfg.cache_dir or os.environ.get("FOUNDRY_CACHE_DIR") or Path.home() / ".cache" / "foundry")
+        from .export import default_cache_dir
+        return default_cache_dir(self.cfg.cache_dir)
 
     def onnx_path(self) -> Path:
         """The exported graph: cfg.onnx_path, or the cache's export of this model (made on first use)."""
@@ -367,17 +366,14 @@ class Predictor:
         return runner
 
     def _load_tensorrt(self):
-        from .export import OUTPUT_NAMES, signature_of
-        from .tensorrt_engine import TensorRTRunner, load_or_build, profile_for, tensorrt_module
+        from .export import OUTPUT_NAMES
+        from .tensorrt_engine import TensorRTRunner, engine_for_model, tensorrt_module
         if self.device.type != "cuda":
             raise RuntimeError("no CUDA device" if not torch.cuda.is_available() else "device set to cpu")
         tensorrt_module()
         self._graph_supported()
-        names = signature_of(self.model).input_names
-        tokz = self.backbone.tokenizer
-        profile = profile_for(self.pre_cfg.min_centers, self.pre_cfg.max_centers, self.min_budget,
-                              self.pre_cfg.max_points, tokz.group_size, tokz.in_channels)
-        data = load_or_build(self.onnx_path(), self.cache_dir() / "engines", profile, self.precision, names)
+        data, names = engine_for_model(self.model, self.onnx_path(), self.cache_dir(), self.precision,
+                                       self.pre_cfg.min_centers, self.pre_cfg.max_centers, self.pre_cfg.max_points)
         return TensorRTRunner(data, names, OUTPUT_NAMES)
 
     # ------------------------------------------------------------------ construction
@@ -541,8 +537,7 @@ class Predictor:
                    r: float | None, category: int | None):
         """Exported graph (onnxruntime / TensorRT): grouping and nearest centers here, the networks
         in the graph ("encode" then covers encoder and head network; "head" the label decoding)."""
-        from .export import signature_of
-        sig = signature_of(self.model)
+        sig = self.graph_signature
         tokz = self.backbone.tokenizer
         with cpu_libraries_for_large_clouds(tokz, pts):
             centers, _, gidx = tokz.group(pts, c, gen)
@@ -554,9 +549,8 @@ class Predictor:
         feeds = {"groups": groups.float().cpu().numpy(), "centers": centers_np[None]}
         if sig.gated:
             length = c if b is None else min(b, c)
-            thr = r if r is not None else (self.backbone.gate.threshold if b is None else 2.0)
             feeds["slots"] = np.arange(length, dtype=np.int64)
-            feeds["fusion_threshold"] = np.array([thr], dtype=np.float32)
+            feeds["fusion_threshold"] = np.array([r], dtype=np.float32)   # always set for gated students
         if sig.segmentation:
             feeds["points"] = np.ascontiguousarray(pre.xyz[None], dtype=np.float32)
             feeds["nn_idx"] = nn_idx[None]

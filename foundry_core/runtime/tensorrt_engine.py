@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import file_sha256
+from .export import file_sha256, signature_of
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,17 @@ def load_or_build(onnx_path: str | Path, cache_dir: str | Path, profile: EngineP
     data = build_engine(onnx_path, profile, precision, input_names)
     store_engine(cache_dir, key, data, time.perf_counter() - t0)
     return data
+
+
+def engine_for_model(model, onnx_path: str | Path, cache_dir: str | Path, precision: str, min_centers: int,
+                     max_centers: int, max_points: int) -> tuple[bytes, list[str]]:
+    """(engine, graph input names) of a task model's exported graph over the predictor's whole range:
+    c in [min_centers, max_centers], budgets from the model's s (or min_centers) up, <= max_points."""
+    names = signature_of(model).input_names
+    tok = model.backbone.tokenizer
+    s = getattr(model.backbone, "num_supertokens", min_centers)
+    profile = profile_for(min_centers, max_centers, s, max_points, tok.group_size, tok.in_channels)
+    return load_or_build(onnx_path, Path(cache_dir) / "engines", profile, precision, names), names
 
 
 class TensorRTRunner:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import BODY_FROM_OPTICAL, as_pose, rot_y, rotate
+from ..data.augment import rotation_about
+from .frames import BODY_FROM_OPTICAL, as_pose, rotate
 from .lidar import as_rng
 from .primitives import cast_rays, tile_order
 from .scene import Scene
@@ -60,7 +61,7 @@ class DepthCamera:
         self.directions = (rays / np.linalg.norm(rays, axis=1, keepdims=True)).astype(np.float32)
         self._order = tile_order(cfg.height, cfg.width, *cfg.tile)
         self._dirs_tiled = np.ascontiguousarray(self.directions[self._order])
-        self.level_from_optical = rot_y(math.radians(cfg.pitch_deg)) @ BODY_FROM_OPTICAL
+        self.level_from_optical = rotation_about(1, math.radians(cfg.pitch_deg)) @ BODY_FROM_OPTICAL
 
     def sensor_pose(self, pose) -> np.ndarray:
         """(4, 4) world_from_optical for a base pose (world_from_base or (x, y, yaw))."""

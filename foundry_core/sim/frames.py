@@ -10,9 +10,9 @@ A pose is a (4, 4) float64 homogeneous transform ``parent_from_child`` (p_parent
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..data.augment import rotation_about
 
 # camera optical frame -> camera body frame (x forward, y left, z up)
 BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0],
@@ -22,17 +22,10 @@ BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0],
 
 def planar_pose(x: float = 0.0, y: float = 0.0, yaw: float = 0.0, z: float = 0.0) -> np.ndarray:
     """(4, 4) pose translated to (x, y, z) and rotated by yaw (rad) about z."""
-    c, s = math.cos(yaw), math.sin(yaw)
     pose = np.eye(4)
-    pose[:2, :2] = [[c, -s], [s, c]]
+    pose[:3, :3] = rotation_about(2, yaw)
     pose[:3, 3] = (x, y, z)
     return pose
-
-
-def rot_y(angle: float) -> np.ndarray:
-    """(3, 3) rotation by angle (rad) about y."""
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
 def as_pose(pose) -> np.ndarray:

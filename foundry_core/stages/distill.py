@@ -124,7 +124,7 @@ def build_student(cfg: DistillConfig, teacher: PointBackbone, train_set=None) ->
     sc = cfg.student
     if sc.kind == "foundry":
         student = FoundryStudent.from_teacher(
-            teacher, sc.supertokens, sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
+            teacher, sc.supertokens, student_cfg=sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
             qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm,
             gate_reg_weight=sc.gate_lambda)
         return student.freeze_encoder(sc.frozen_student)

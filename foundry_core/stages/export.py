@@ -41,12 +41,8 @@ def run_export(model_path: str, onnx: str, tensorrt: bool = False, precision: st
         if err > 1e-4:
             raise RuntimeError(f"exported graph differs from PyTorch by {err:.2e} (> 1e-4)")
     if tensorrt:
-        import os
-        from ..runtime.tensorrt_engine import load_or_build, profile_for
-        s = getattr(model.backbone, "num_supertokens", min_centers)
-        tok = model.backbone.tokenizer
-        profile = profile_for(min_centers, max_centers, s, max_points, tok.group_size, tok.in_channels)
-        cache = Path(cache_dir or os.environ.get("FOUNDRY_CACHE_DIR") or Path.home() / ".cache" / "foundry") / "engines"
-        load_or_build(path, cache, profile, precision, signature_of(model).input_names)
-        print(f"[export] TensorRT {precision} engine ready in {cache}", flush=True)
+        from ..runtime.export import default_cache_dir
+        from ..runtime.tensorrt_engine import engine_for_model
+        engine_for_model(model, path, default_cache_dir(cache_dir), precision, min_centers, max_centers, max_points)
+        print(f"[export] TensorRT {precision} engine ready in {default_cache_dir(cache_dir) / 'engines'}", flush=True)
     return path

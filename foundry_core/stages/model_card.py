@@ -16,7 +16,7 @@ from ..configs import FinetuneConfig
 from ..runtime.predictor import Predictor, PredictorConfig
 from ..runtime.preprocess import PreprocessConfig
 from ..train.checkpoint import load_checkpoint, save_checkpoint
-from ..train.metrics import accuracy, confusion, mean_iou
+from ..train.metrics import confusion, mean_iou
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default_sceneseg.safetensors"
 

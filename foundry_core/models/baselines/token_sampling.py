@@ -34,15 +34,13 @@ every coarse token by the number of fine slots it covers (roughly the surface it
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ...configs import ModelConfig
-from ..backbone import PointBackbone
-from ..distillable import FreezableBackbone, encoder_from_teacher
+from ..distillable import FreezableBackbone
 from ..encoder import EncoderOutput, TransformerEncoder
 from ..sampling import gather_points
 from ..tokenizer import PointTokenizer, Tokens, sanitize_points
@@ -103,22 +101,6 @@ class TokenReductionBackbone(FreezableBackbone):
         self.out_proj = nn.Identity() if teacher_dim == d else nn.Linear(d, teacher_dim)
         self.init_kwargs: dict = {"teacher_dim": teacher_dim}
         self.copied_from_teacher: list[str] = []
-
-    # ------------------------------------------------------------------ construction / freezing
-    @classmethod
-    def from_teacher(cls, teacher: PointBackbone, *args, student_cfg: ModelConfig | None = None,
-                     freeze_tokenizer: bool = True, init_encoder: bool = True, **kwargs):
-        """Baseline on a deep copy of the teacher's tokenizer (frozen by default) and an encoder built
-        from student_cfg (default: the teacher's config) initialised from the teacher's encoder
-        wherever a tensor of the same name and shape exists. With the teacher's own config this is
-        the "inference from baseline" model (a copy of a fine-tuned / pre-trained backbone, no
-        training needed); the same module is what FMD trains. Extra arguments go to the constructor."""
-        encoder, cfg, copied = encoder_from_teacher(teacher, student_cfg, init_encoder)
-        kwargs.setdefault("teacher_dim", teacher.dim)
-        model = cls(copy.deepcopy(teacher.tokenizer), encoder, *args, cfg=cfg, **kwargs)
-        model.copied_from_teacher = copied
-        model.freeze_tokenizer(freeze_tokenizer)
-        return model
 
     # ------------------------------------------------------------------ forward
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
