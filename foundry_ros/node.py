@@ -210,6 +210,9 @@ class FoundryNode(Node):
         self._model_min = getattr(self._predictor, "min_budget", None)
         self._model_max = getattr(self._predictor, "max_budget", None)
         self._check_channels(getattr(self._predictor, "in_channels", None))
+        warm_up = getattr(self._predictor, "warm_up", None)
+        if callable(warm_up):                # first-call set-up costs off the first sensor frame
+            self.get_logger().info(f"predictor warm-up: {warm_up():.0f} ms")
 
         # ---- controller and statistics --------------------------------------------------------
         self._lock = threading.RLock()  # controller, parameters, counters

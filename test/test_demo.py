@@ -30,7 +30,7 @@ def run_demo(out: Path, *args: str, timeout: float = 240) -> dict:
 
 def test_demo_on_simulated_stream(tmp_path):
     model = _export(tmp_path)                       # tiny random gated student (4 classes)
-    s = run_demo(tmp_path / "out", "--duration", "4", "--frames", "4", "--model", model,
+    s = run_demo(tmp_path / "out", "--duration", "6", "--frames", "4", "--model", model,
                  "--param", "deadline_ms=2000.0")
     for key, typ in KEYS.items():
         assert isinstance(s[key], typ), key

@@ -319,3 +319,9 @@ def test_partseg_needs_category(tmp_path):
         pred(pts)
     a, b = pred(pts, category=0), pred(pts, category=2)
     assert np.all(a.labels >= 0) and not np.array_equal(a.confidence, b.confidence)
+
+
+def test_warm_up_runs_one_call(student_path):
+    pred = Predictor.from_checkpoint(student_path, preprocess=scene_pre())
+    assert pred.warm_up() > 0
+    assert pred(cloud(300)).labels.shape == (300,)
