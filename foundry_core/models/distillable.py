@@ -53,6 +53,12 @@ class FreezableBackbone(nn.Module):
         model.freeze_tokenizer(freeze_tokenizer)
         return model
 
+    def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
+                fusion_threshold: float | None = None):
+        """points (B, N, C) -> the backbone's output: tokenize, then encode (budget / r: gated students)."""
+        tok = self.tokenizer(points, generator=generator)
+        return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
+
     def freeze_tokenizer(self, frozen: bool = True):
         self.tokenizer_frozen = frozen
         self.tokenizer.requires_grad_(not frozen)

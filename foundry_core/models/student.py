@@ -83,11 +83,6 @@ class FoundryStudent(FreezableBackbone):
         self.copied_from_teacher: list[str] = []
 
     # ------------------------------------------------------------------ forward
-    def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
-                fusion_threshold: float | None = None) -> StudentOutput:
-        tok = self.tokenizer(points, generator=generator)
-        return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
-
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
                points: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StudentOutput:
         """Student on given tokenizer output (lets distillation share one tokenization with the teacher).

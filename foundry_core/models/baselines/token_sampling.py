@@ -103,11 +103,6 @@ class TokenReductionBackbone(FreezableBackbone):
         self.copied_from_teacher: list[str] = []
 
     # ------------------------------------------------------------------ forward
-    def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
-                fusion_threshold: float | None = None) -> BaselineOutput:
-        tok = self.tokenizer(points, generator=generator)
-        return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
-
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
                **kwargs) -> BaselineOutput:  # pragma: no cover - abstract
         raise NotImplementedError
