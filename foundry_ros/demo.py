@@ -259,17 +259,21 @@ def run_client(args, out: Path, node_proc: subprocess.Popen, frames, topic: str)
             time.sleep(0.1)
     finally:
         ex.shutdown()
+        spin.join(timeout=5.0)      # no callback may run while the summary reads what they collected
         node.destroy_node()
         rclpy.shutdown()
-    num_classes = max(len(state.label_names), 1 + max((int(v.max()) for v in state.labels.values()), default=0))
+    with state.lock:                # new names: a callback still in flight after the join writes to the originals
+        got = DemoState(reports=list(state.reports), labels=dict(state.labels), label_names=list(state.label_names))
+        last_clouds = dict(clouds)
+    num_classes = max(len(got.label_names), 1 + max((int(v.max()) for v in got.labels.values()), default=0))
     source = "simulated LiDAR stream" if frames is not None else (f"bag {args.bag}" if args.bag else f"live {topic}")
-    summary = summarize(state, truth, num_classes, source)
+    summary = summarize(got, truth, num_classes, source)
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
-    if clouds:
-        stamp = max(clouds)
-        np.savez_compressed(out / "last_frame.npz", xyz=clouds[stamp], labels=state.labels[stamp],
-                            names=np.array(state.label_names))
-    plot(summary, state, clouds, out / "demo.png")
+    if last_clouds:
+        stamp = max(last_clouds)
+        np.savez_compressed(out / "last_frame.npz", xyz=last_clouds[stamp], labels=got.labels[stamp],
+                            names=np.array(got.label_names))
+    plot(summary, got, last_clouds, out / "demo.png")
     print_summary(summary, out)
     return 0 if summary["frames"] > 0 else 1
 
