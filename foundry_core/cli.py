@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p, _default("experiment_shapes69.yaml"))
     p.add_argument("--output", default="docs/results/pretrain.json")
 
+    p = sub.add_parser("distill-tables", help="the paper's distillation tables at CPU scale: teacher, Foundry "
+                       "s=1/4/16, frozen, Foundry-Gate budgets, random / ToMe / K-Means, specialist, several "
+                       "seeds, frozen-backbone probes -> docs/results/distill.json (+ .md, .png)")
+    _config_arg(p, _default("distill_tables_infomr.yaml"))
+    p.add_argument("--output", default="docs/results/distill.json")
+
     p = sub.add_parser("export", help="export a task model to ONNX (dynamic batch / centers / budget / points) "
                        "and optionally build its TensorRT engine ahead of time")
     p.add_argument("--model", required=True, help="exported task model (model.safetensors of a finetune run)")
@@ -140,6 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "experiment":
         from .stages.experiment import ExperimentConfig, run_experiment
         run_experiment(load_config(ExperimentConfig, args.config, args.overrides), args.output)
+    elif args.command == "distill-tables":
+        from .stages.distill_tables import DistillTablesConfig, run_distill_tables
+        run_distill_tables(load_config(DistillTablesConfig, args.config, args.overrides), args.output)
     elif args.command == "export":
         from .stages.export import run_export
         run_export(args.model, args.onnx, tensorrt=args.tensorrt, precision=args.precision, cache_dir=args.cache_dir,

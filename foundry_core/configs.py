@@ -193,3 +193,4 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval_probe: bool = True             # linear probe of the student at each evaluation (val loss always)

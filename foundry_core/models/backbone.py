@@ -44,7 +44,13 @@ class PointBackbone(nn.Module):
         self.encoder = TransformerEncoder(**kw)
 
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None) -> BackboneOutput:
-        tok = self.tokenizer(points, generator=generator)
+        return self.encode(self.tokenizer(points, generator=generator))
+
+    def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
+               points: torch.Tensor | None = None) -> BackboneOutput:
+        """Encode all c tokens (the interface of students and baselines; a teacher has no budget)."""
+        if budget is not None or fusion_threshold is not None:
+            raise ValueError("a teacher encodes every token: budget / fusion_threshold need a student")
         return BackboneOutput(tokens=tok, encoded=self.encoder(tok.tokens, tok.pos))
 
 

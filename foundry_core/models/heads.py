@@ -23,25 +23,37 @@ class ClassificationHead(nn.Module):
         return self.mlp(pooled_features(out.last))
 
 
-def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3,
-                        idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse-distance interpolation of center features to points.
+def interpolation_weights(centers: torch.Tensor, points: torch.Tensor, k: int = 3,
+                          idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest centers of each point and their inverse-distance weights.
 
-    feats (B, c, D), centers (B, c, 3), points (B, N, 3) -> (B, N, D) from the k nearest centers;
-    idx (B, N, k) int64: those centers when already known (e.g. from a kd-tree outside a graph).
+    centers (B, c, 3), points (B, N, 3) -> idx (B, N, k) int64, weights (B, N, k) summing to 1;
+    idx: those centers when already known (e.g. from a kd-tree outside a graph).
     """
     if idx is None:
         idx = knn(centers, points, min(k, centers.shape[1]))        # (B, N, k)
     b, n, kk = idx.shape
     c = centers.shape[1]
-    # gather rows of the flattened (B * c, .) tables: no (B, N, c, .) expansion is ever built
+    # gather rows of the flattened (B * c, .) table: no (B, N, c, .) expansion is ever built
     flat = (idx + (torch.arange(b, device=idx.device) * c).view(b, 1, 1)).reshape(-1)
     nb = centers.reshape(b * c, 3).index_select(0, flat).view(b, n, kk, 3)
-    dist = ((points.unsqueeze(2) - nb) ** 2).sum(-1).clamp_min(1e-10)
-    w = 1.0 / dist
-    w = w / w.sum(-1, keepdim=True)
-    gathered = feats.reshape(b * c, -1).index_select(0, flat).view(b, n, kk, -1)
-    return (gathered * w.unsqueeze(-1)).sum(2)
+    w = 1.0 / ((points.unsqueeze(2) - nb) ** 2).sum(-1).clamp_min(1e-10)
+    return idx, w / w.sum(-1, keepdim=True)
+
+
+def interpolate(feats: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """feats (B, c, D), idx / weights (B, N, k) from `interpolation_weights` -> (B, N, D)."""
+    b, n, kk = idx.shape
+    flat = (idx + (torch.arange(b, device=idx.device) * feats.shape[1]).view(b, 1, 1)).reshape(-1)
+    gathered = feats.reshape(b * feats.shape[1], -1).index_select(0, flat).view(b, n, kk, -1)
+    return (gathered * weights.unsqueeze(-1)).sum(2)
+
+
+def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3,
+                        idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse-distance interpolation of center features to points: feats (B, c, D), centers
+    (B, c, 3), points (B, N, 3) -> (B, N, D) from the k nearest centers (idx (B, N, k) if known)."""
+    return interpolate(feats, *interpolation_weights(centers, points, k, idx))
 
 
 class SegmentationHead(nn.Module):

@@ -57,7 +57,10 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_output(self, tok) -> BackboneOutput:
-        """Teacher output on the student's groups (teacher tokenizer weights); .last = Y (B, c, D)."""
+        """Teacher output on the student's groups (teacher tokenizer weights); .last = Y (B, c, D).
+        A frozen student tokenizer is an exact copy of the teacher's: its tokens are reused."""
+        if getattr(self.student, "tokenizer_frozen", False):
+            return self.teacher.encode(tok)
         t = self.teacher.tokenizer.encoder(tok.groups)
         return BackboneOutput(tokens=tok, encoded=self.teacher.encoder(t, self.teacher.tokenizer.pos_embed(tok.centers)))
 
@@ -109,7 +112,7 @@ class DistillTask:
             cat = torch.stack([torch.as_tensor(it["category"]) for it in items]).to(device) if "category" in items[0] else None
             losses.append(model(pts, cat)[1].item())
         stats = {"val_distill_loss": sum(losses) / len(losses)}
-        if self.probe_train.num_classes < 2:      # scene sets: nothing to classify
+        if self.probe_train.num_classes < 2 or not self.cfg.eval_probe:   # scene sets: nothing to classify
             return stats
         return {**stats, "probe_acc": linear_probe(model.student, self.probe_train, self.probe_test,
                                                    self.cfg.probe, device)}
