@@ -171,6 +171,8 @@ class StudentConfig:
     hard: bool = True                   # False: soft assignment (ablation)
     qkv_bias: bool = False
     cau_out_norm: bool = False
+    # DSO similarity: "dot" (the paper) or "cosine" (centred keys, learnable scale; see models/dso.py)
+    dso_similarity: Literal["dot", "cosine"] = "dot"
 
     def __post_init__(self) -> None:
         if self.supertokens < 1:

@@ -350,3 +350,19 @@ def test_from_teacher_copies_and_freezes():
     out = narrow.eval()(_points(), generator=_gen())
     assert out.last.shape == (2, C, DIM) and out.encoded.hidden[0].shape == (2, C, 16)
     assert narrow.copied_from_teacher == []
+
+
+def test_cosine_dso_ignores_what_all_tokens_share_and_spreads_assignments():
+    torch.manual_seed(0)
+    dso = DSO(32, 8, similarity="cosine").eval()
+    tokens = torch.randn(2, 64, 32)
+    shifted = tokens + 50.0 * torch.randn(1, 1, 32)        # a large component every token shares
+    assert torch.allclose(dso.logits(tokens), dso.logits(shifted), atol=1e-4)
+    used = dso(shifted, torch.zeros_like(shifted)).counts.gt(0).sum(-1)
+    assert int(used.min()) >= 4                              # not one SuperToken for everything
+    dso.train()
+    out = dso(tokens, torch.zeros_like(tokens))
+    out.supertokens.sum().backward()
+    assert dso.logit_scale.grad is not None and dso.supertokens.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="similarity"):
+        DSO(32, 8, similarity="euclid")

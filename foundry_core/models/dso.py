@@ -63,7 +63,7 @@ class DSO(nn.Module):
     """
 
     def __init__(self, dim: int, num_supertokens: int, qkv_bias: bool = False, tau: float = 1.0,
-                 hard: bool = True):
+                 hard: bool = True, similarity: str = "dot"):
         super().__init__()
         if num_supertokens < 1:
             raise ValueError(f"num_supertokens must be >= 1, got {num_supertokens}")
@@ -76,12 +76,24 @@ class DSO(nn.Module):
         self.apply(_init_weights)
         self.supertokens = nn.Parameter(torch.empty(num_supertokens, dim))
         nn.init.trunc_normal_(self.supertokens, std=0.02)
+        if similarity not in ("dot", "cosine"):
+            raise ValueError(f"DSO similarity must be 'dot' or 'cosine', got {similarity!r}")
+        self.similarity = similarity
+        if similarity == "cosine":     # learnable logit scale, exp(log 10) = 10 at the start
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, c, d) -> q_i . k_j / sqrt(d) as (B, c, s)."""
+        """tokens (B, c, d) -> (B, c, s): q_i . k_j / sqrt(d) ("dot", the paper), or ("cosine")
+        scale * cos(q_i, k_j - mean_j k_j): keys centred per cloud, so the assignment depends on how
+        tokens differ, not on the component they all share; it stays well above the Gumbel noise
+        from the first step (with "dot" and 0.02-scale initialisations the logits are ~1e-4 and the
+        noise decides every assignment until W_Q / W_K have grown)."""
         q = self.q(self.supertokens)                                  # (s, d)
         k = self.k(tokens)                                            # (B, c, d)
-        return torch.matmul(k, q.t()) / math.sqrt(self.dim)
+        if self.similarity == "dot":
+            return torch.matmul(k, q.t()) / math.sqrt(self.dim)
+        k = nn.functional.normalize(k - k.mean(dim=1, keepdim=True), dim=-1)
+        return torch.matmul(k, nn.functional.normalize(q, dim=-1).t()) * self.logit_scale.exp().clamp(max=100.0)
 
     def assign(self, logits: torch.Tensor, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,7 +64,7 @@ class FoundryStudent(FreezableBackbone):
                  teacher_dim: int, gate: bool = False, *, qkv_bias: bool = False, tau: float = 1.0,
                  hard: bool = True, cau_hidden_ratio: float = 4, cau_out_norm: bool = False,
                  gate_hidden: int = 128, gate_threshold: float = 0.5, gate_reg_weight: float = 1e-11,
-                 cfg: ModelConfig | None = None):
+                 dso_similarity: str = "dot", cfg: ModelConfig | None = None):
         super().__init__()
         d_tok, d = tokenizer.dim, encoder.dim
         self.cfg = cfg
@@ -73,13 +73,14 @@ class FoundryStudent(FreezableBackbone):
         self.dim, self.hidden_dim, self.depth = teacher_dim, d, encoder.depth
         self.token_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
         self.pos_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
-        self.dso = DSO(d, num_supertokens, qkv_bias=qkv_bias, tau=tau, hard=hard)
+        self.dso = DSO(d, num_supertokens, qkv_bias=qkv_bias, tau=tau, hard=hard, similarity=dso_similarity)
         self.cau = CAU(d, teacher_dim, hidden_ratio=cau_hidden_ratio, out_norm=cau_out_norm)
         self.gate = TokenGate(d, gate_hidden, gate_threshold, gate_reg_weight) if gate else None
         self.init_kwargs = dict(num_supertokens=num_supertokens, teacher_dim=teacher_dim, gate=gate,
                                 qkv_bias=qkv_bias, tau=tau, hard=hard, cau_hidden_ratio=cau_hidden_ratio,
                                 cau_out_norm=cau_out_norm, gate_hidden=gate_hidden,
-                                gate_threshold=gate_threshold, gate_reg_weight=gate_reg_weight)
+                                gate_threshold=gate_threshold, gate_reg_weight=gate_reg_weight,
+                                dso_similarity=dso_similarity)
         self.copied_from_teacher: list[str] = []
 
     # ------------------------------------------------------------------ forward
