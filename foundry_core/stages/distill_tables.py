@@ -143,8 +143,8 @@ def encode_cached(backbone, cache: TaskCache, split: str, budget: int | None = N
     backbone.eval()
     torch.manual_seed(seed)                     # random token sampling draws from the global generator
     outs, n_tok = [], []
+    kw = {k: v for k, v in (("budget", budget), ("fusion_threshold", threshold)) if v is not None}
     for tok in cache.tokens[split]:
-        kw = {k: v for k, v in (("budget", budget), ("fusion_threshold", threshold)) if v is not None}
         out = backbone.encode(tok, **kw)
         outs.append(out.last.float())
         t = getattr(out, "tokens_in_encoder", None)
@@ -196,10 +196,12 @@ class DistillTables:
         return paths
 
     # -- scoring
-    def score(self, backbone, caches: dict[str, TaskCache], teacher_last: torch.Tensor, C: dict[str, float],
-              seed: int, budget: int | None = None, threshold: float | None = None) -> dict:
+    def score(self, backbone, caches: dict[str, TaskCache], ref: dict, seed: int, budget: int | None = None,
+              threshold: float | None = None) -> dict:
         """Scores (%) of one frozen backbone on every task, its tokens in the encoder and its
-        distillation loss (Smooth L1 to the teacher's tokens on the first task's test clouds)."""
+        distillation loss (Smooth L1 to the teacher's tokens on the first task's test clouds).
+        ref holds the probe C per cls task and the teacher's test tokens ("last"); the first backbone
+        scored (the teacher) fills what is missing, so nothing is encoded twice."""
         row: dict = {"scores": {}, "tokens_in_encoder": {}}
         for name, cache in self._caches_for(backbone, caches, seed).items():
             spec = cache.spec
@@ -208,14 +210,19 @@ class DistillTables:
             row["tokens_in_encoder"][name] = n_tok
             if spec.kind == "cls":
                 fx = lambda x: pooled_features(x).numpy()         # noqa: E731
+                if name not in ref["C"]:
+                    ref["C"][name] = select_C(fx(tr), cache.labels["train"].numpy(), self.cfg.probe, seed=seed)
                 row["scores"][name] = fit_linear_probe(fx(tr), cache.labels["train"].numpy(), fx(te),
-                                                       cache.labels["test"].numpy(), self.cfg.probe, C=C[name])
+                                                       cache.labels["test"].numpy(), self.cfg.probe,
+                                                       C=ref["C"][name])
             else:
                 res = fit_seg_probe(tr, cache.geometry["train"], te, cache.geometry["test"], cache.num_classes,
                                     self.cfg.seg_probe, seed=seed)
                 row["scores"][name] = res["instance_miou" if spec.metric == "instance_miou" else "miou"]
-            if name == self.cfg.tasks[0].name and teacher_last is not None and te.shape == teacher_last.shape:
-                row["distill_loss"] = float(F.smooth_l1_loss(te, teacher_last))
+            if name == self.cfg.tasks[0].name:
+                ref.setdefault("last", te)
+                if te.shape == ref["last"].shape:
+                    row["distill_loss"] = float(F.smooth_l1_loss(te, ref["last"]))
         return row
 
     def _caches_for(self, backbone, caches: dict[str, TaskCache], seed: int) -> dict[str, TaskCache]:
@@ -252,11 +259,9 @@ class DistillTables:
         t0 = time.time()
         caches = {t.name: tokenize_task(t, teacher.tokenizer, seed, cfg.batch_size) for t in cfg.tasks}
         self.log(f"seed {seed}: tokenized {len(caches)} tasks in {time.time() - t0:.0f} s")
-        first = caches[cfg.tasks[0].name]
-        teacher_last = encode_cached(teacher, first, "test")[0]
-        C = {name: (select_C(pooled_features(encode_cached(teacher, c, "train")[0]).numpy(),
-                             c.labels["train"].numpy(), cfg.probe, seed=seed) if c.spec.kind == "cls" else 0.0)
-             for name, c in caches.items()}
+        done.pop("_probe_C", None)
+        done.pop("teacher", None)               # always scored first: it sets the probe C and the reference tokens
+        ref: dict = {"C": {}}
         train_set, _ = make_datasets(cfg.distill.data, seed)
         s_red = cfg.reduced_tokens
         jobs: list[tuple[str, Callable, dict, str | None]] = [("teacher", lambda: teacher, {}, None)]
@@ -278,14 +283,14 @@ class DistillTables:
             if name in done:
                 continue
             t0 = time.time()
-            row = self.score(make(), caches, teacher_last, C, seed, **kw)
+            row = self.score(make(), caches, ref, seed, **kw)
             row["val_distill_loss"] = _val_loss(path)
             done[name] = row
-            write_json(scores_path, done)
+            write_json(scores_path, {**done, "_probe_C": ref["C"]})
             sc = "  ".join(f"{k} {v:.2f}" for k, v in row["scores"].items())
             self.log(f"seed {seed}: {name:<20s} {sc}  tokens {row['tokens_in_encoder'][cfg.tasks[0].name]:.1f} "
                      f"({time.time() - t0:.0f} s)")
-        done["_probe_C"] = C
+        done["_probe_C"] = ref["C"]
         write_json(scores_path, done)
         return done
 
