@@ -171,6 +171,7 @@ class StudentConfig:
     hard: bool = True                   # False: soft assignment (ablation)
     qkv_bias: bool = False
     cau_out_norm: bool = False
+    cau_skip: bool = False              # CAU adds the routed SuperToken output (zero-init MLP; see models/cau.py)
     # DSO similarity: "dot" (the paper) or "cosine" (centred keys, learnable scale; see models/dso.py)
     dso_similarity: Literal["dot", "cosine"] = "dot"
 

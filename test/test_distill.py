@@ -50,11 +50,12 @@ def test_distill_cli_flags(tmp_path, tiny_teacher, capsys):
                    "optim: {epochs: 1, warmup_epochs: 0, batch_size: 16}\n"
                    f"run: {{out_dir: {tmp_path / 'run'}, eval_every: 0, progress: false}}\n")
     rc = main(["distill", "--config", str(cfg), "--teacher", tiny_teacher, "--supertokens", "2",
-               "--frozen-student", "--gate", "--gate-lambda", "0.01"])
+               "--frozen-student", "--gate", "--gate-lambda", "0.01", "--set", "student.cau_skip=true"])
     assert rc == 0
     student = load_backbone(tmp_path / "run" / "student.safetensors")
     assert student.num_supertokens == 2 and student.gate is not None
     assert student.init_kwargs["gate_reg_weight"] == pytest.approx(0.01)
+    assert student.cau.skip is not None                                 # the CAU option survives the reload
     assert main(["distill", "--config", str(cfg)]) == 2                 # no teacher: a clear error
     assert "teacher" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.io import load_backbone
 from foundry_core.models.student import FoundryStudent
 from foundry_core.stages.distill import Distiller
-from foundry_core.stages.distill_tables import DistillTablesConfig, table_methods
+from foundry_core.stages.distill_tables import DistillTablesConfig, TaskSpec, table_methods
 from foundry_core.train.seg_probe import SegProbeConfig, fit_seg_probe, point_features, point_geometry
 
 
@@ -73,6 +73,7 @@ supertokens: [1, 4]
 reduced_tokens: 4
 gate_budgets: [4, 8]
 gate_thresholds: [0.5]
+gate_merge_fractions: [0.25, 0.75]
 batch_size: 16
 teacher:
   model: {encoder: custom, dim: 32, depth: 2, heads: 2, num_groups: 16, group_size: 8}
@@ -114,7 +115,7 @@ def test_distill_tables_end_to_end_writes_the_schema_and_resumes(tmp_path, capsy
     res = json.loads(out.read_text())
     names = table_methods(load_config(DistillTablesConfig, path))
     assert set(res["methods"]) == names                                 # every table row, nothing else
-    assert set(res["gate_thresholds"]) == {"gate_r0.5"} and set(res["additional_methods"]) == {"tome4_fmd"}
+    assert set(res["gate_thresholds"]) == {"gate_r0.5", "gate_merge25", "gate_merge75"} and set(res["additional_methods"]) == {"tome4_fmd"}
     for group in ("methods", "gate_thresholds", "additional_methods"):
         for name, tasks in res[group].items():
             assert set(tasks) == {"shapes_cls", "scene_seg", "parts_seg"}, name
@@ -125,6 +126,10 @@ def test_distill_tables_end_to_end_writes_the_schema_and_resumes(tmp_path, capsy
     assert tok["random4"]["shapes_cls"] == [4.0, 4.0]
     assert max(tok["gate_budget_4"]["shapes_cls"]) <= 4 and max(tok["foundry_s1"]["shapes_cls"]) <= 1
     assert res["distill_loss_to_teacher"]["teacher"] == [0.0, 0.0]
+    # thresholds from the training split's pi quantiles: merging more needs a lower r, leaves fewer tokens
+    r = res["fusion_threshold_r"]
+    assert r["gate_r0.5"] == [0.5, 0.5] and all(a > b for a, b in zip(r["gate_merge25"], r["gate_merge75"]))
+    assert sum(tok["gate_merge75"]["shapes_cls"]) < sum(tok["gate_merge25"]["shapes_cls"])
     assert all(v is not None for v in res["val_distill_loss"]["foundry_s4"])
     assert "retention_s4_pct_of_teacher" in res["targets"]["shapes_cls"]
     assert out.with_suffix(".md").read_text().count("| foundry_s4 |") == 1
@@ -143,3 +148,5 @@ def test_distill_tables_config_errors(tmp_path):
     path.write_text("tasks: [{name: a}, {name: a}]\n")
     with pytest.raises(ConfigError, match="unique"):
         load_config(DistillTablesConfig, path)
+    with pytest.raises(ConfigError, match="gate_merge_fractions"):
+        DistillTablesConfig(tasks=[TaskSpec(name="a")], gate_merge_fractions=[1.5])

@@ -162,6 +162,20 @@ def test_cau_shapes_and_residual_path():
     assert torch.allclose(out[:, :3], t[:, :3] + byp[:, :3]) and torch.allclose(out[:, 3:], (t + cam @ s_out)[:, 3:])
 
 
+def test_cau_skip_starts_at_the_routed_supertoken_output_and_still_learns():
+    torch.manual_seed(0)
+    t, cam = torch.randn(2, C, DIM), torch.eye(4)[torch.randint(0, 4, (2, C))]
+    s_out = torch.randn(2, 4, DIM, requires_grad=True)
+    cau = CAU(DIM, DIM, skip=True)
+    out = cau(t, cam, s_out)
+    assert torch.allclose(out, cam @ s_out)              # zero-initialised MLP: exactly CAM . S_out
+    out.square().sum().backward()
+    assert cau.mlp[-1].weight.grad.abs().sum() > 0       # the MLP correction receives gradient
+    wide = CAU(DIM, 48, skip=True)                       # other width: a learned projection of CAM . S_out
+    assert isinstance(wide.skip, nn.Linear) and wide(t, cam, s_out).shape == (2, C, 48)
+    assert CAU(DIM, DIM).skip is None                    # the paper's form by default
+
+
 # ----------------------------------------------------------------------------------------- gate
 def test_gate_budget_and_threshold_rules_on_random_probs():
     g = torch.Generator().manual_seed(0)

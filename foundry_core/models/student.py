@@ -62,7 +62,7 @@ class FoundryStudent(FreezableBackbone):
 
     def __init__(self, tokenizer: PointTokenizer, encoder: TransformerEncoder, num_supertokens: int,
                  teacher_dim: int, gate: bool = False, *, qkv_bias: bool = False, tau: float = 1.0,
-                 hard: bool = True, cau_hidden_ratio: float = 4, cau_out_norm: bool = False,
+                 hard: bool = True, cau_hidden_ratio: float = 4, cau_out_norm: bool = False, cau_skip: bool = False,
                  gate_hidden: int = 128, gate_threshold: float = 0.5, gate_reg_weight: float = 1e-11,
                  dso_similarity: str = "dot", cfg: ModelConfig | None = None):
         super().__init__()
@@ -74,11 +74,11 @@ class FoundryStudent(FreezableBackbone):
         self.token_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
         self.pos_proj = nn.Identity() if d_tok == d else nn.Linear(d_tok, d)
         self.dso = DSO(d, num_supertokens, qkv_bias=qkv_bias, tau=tau, hard=hard, similarity=dso_similarity)
-        self.cau = CAU(d, teacher_dim, hidden_ratio=cau_hidden_ratio, out_norm=cau_out_norm)
+        self.cau = CAU(d, teacher_dim, hidden_ratio=cau_hidden_ratio, out_norm=cau_out_norm, skip=cau_skip)
         self.gate = TokenGate(d, gate_hidden, gate_threshold, gate_reg_weight) if gate else None
         self.init_kwargs = dict(num_supertokens=num_supertokens, teacher_dim=teacher_dim, gate=gate,
                                 qkv_bias=qkv_bias, tau=tau, hard=hard, cau_hidden_ratio=cau_hidden_ratio,
-                                cau_out_norm=cau_out_norm, gate_hidden=gate_hidden,
+                                cau_out_norm=cau_out_norm, cau_skip=cau_skip, gate_hidden=gate_hidden,
                                 gate_threshold=gate_threshold, gate_reg_weight=gate_reg_weight,
                                 dso_similarity=dso_similarity)
         self.copied_from_teacher: list[str] = []

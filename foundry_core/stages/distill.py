@@ -128,7 +128,7 @@ def build_student(cfg: DistillConfig, teacher: PointBackbone, train_set=None) ->
     if sc.kind == "foundry":
         student = FoundryStudent.from_teacher(
             teacher, sc.supertokens, student_cfg=sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
-            qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm,
+            qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm, cau_skip=sc.cau_skip,
             gate_reg_weight=sc.gate_lambda, dso_similarity=sc.dso_similarity)
         return student.freeze_encoder(sc.frozen_student)
     from ..models.baselines import BASELINES

@@ -74,6 +74,9 @@ class DistillTablesConfig:
     reduced_tokens: int = 16                    # random / ToMe / K-Means / frozen / gate / specialist size
     gate_budgets: list[int] = field(default_factory=lambda: [16, 32, 48])
     gate_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
+    # thresholds r set from the TRAINING split: r = the (1 - f) quantile of the gate's pi over the first
+    # task's training tokens, so that a fraction f of them is merged (rows gate_merge{100 f})
+    gate_merge_fractions: list[float] = field(default_factory=list)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     seg_probe: SegProbeConfig = field(default_factory=SegProbeConfig)
     batch_size: int = 32                        # feature extraction
@@ -87,6 +90,8 @@ class DistillTablesConfig:
             raise ConfigError(f"task names must be unique, got {names}")
         if len(self.seeds) < 1:
             raise ConfigError("distill-tables needs at least one seed")
+        if any(not 0.0 < f < 1.0 for f in self.gate_merge_fractions):
+            raise ConfigError(f"gate_merge_fractions must lie in (0, 1), got {self.gate_merge_fractions}")
 
 
 # ----------------------------------------------------------------------------- cached task tokens
@@ -150,6 +155,16 @@ def encode_cached(backbone, cache: TaskCache, split: str, budget: int | None = N
         t = getattr(out, "tokens_in_encoder", None)
         n_tok.append(t.float() if t is not None else torch.full((out.last.shape[0],), float(out.last.shape[1])))
     return torch.cat(outs), float(torch.cat(n_tok).mean())
+
+
+@torch.no_grad()
+def merge_thresholds(student, cache: TaskCache, fractions: list[float]) -> dict[float, float]:
+    """Fusion thresholds r that merge a fraction f of a gated student's tokens on a task's TRAINING
+    split: r_f = the (1 - f) quantile of pi over every training token."""
+    student.eval()
+    probs = torch.cat([student.gate.probs(student.token_proj(tok.tokens)).flatten()
+                       for tok in cache.tokens["train"]])
+    return {f: float(torch.quantile(probs.double(), 1.0 - f)) for f in fractions}
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -277,6 +292,10 @@ class DistillTables:
             if name.startswith("gate_"):
                 jobs += [(f"gate_budget_{b}", load, {"budget": b}, path) for b in cfg.gate_budgets]
                 jobs += [(f"gate_r{r:g}", load, {"threshold": r}, path) for r in cfg.gate_thresholds]
+                merge_names = {f: f"gate_merge{round(100 * f)}" for f in cfg.gate_merge_fractions}
+                if any(n not in done for n in merge_names.values()):
+                    r_of = merge_thresholds(load(), caches[cfg.tasks[0].name], cfg.gate_merge_fractions)
+                    jobs += [(n, load, {"threshold": r_of[f]}, path) for f, n in merge_names.items()]
             else:
                 jobs.append((name, load, {}, path))
         for name, make, kw, path in jobs:
@@ -285,6 +304,8 @@ class DistillTables:
             t0 = time.time()
             row = self.score(make(), caches, ref, seed, **kw)
             row["val_distill_loss"] = _val_loss(path)
+            if "threshold" in kw:
+                row["threshold"] = kw["threshold"]
             done[name] = row
             write_json(scores_path, {**done, "_probe_C": ref["C"]})
             sc = "  ".join(f"{k} {v:.2f}" for k, v in row["scores"].items())
@@ -319,10 +340,11 @@ def aggregate(cfg: DistillTablesConfig, per_seed: dict[int, dict], teacher: str,
     in_table = table_methods(cfg)
     for n in names:
         (methods if n in in_table else
-         thresholds if n.startswith("gate_r") else extra)[n] = collect(n, "scores")
+         thresholds if n.startswith(("gate_r", "gate_merge")) else extra)[n] = collect(n, "scores")
     summary = {
         "methods": methods,
         "gate_thresholds": thresholds,
+        "fusion_threshold_r": {n: [per_seed[s][n].get("threshold") for s in cfg.seeds] for n in thresholds},
         "additional_methods": extra,
         "tokens_in_encoder": {n: collect(n, "tokens_in_encoder") for n in names},
         "distill_loss_to_teacher": {n: [per_seed[s][n].get("distill_loss") for s in cfg.seeds] for n in names},
@@ -367,9 +389,9 @@ def targets(summary: dict, cfg: DistillTablesConfig) -> dict:
     return out
 
 
-def _fmt(xs: list) -> str:
+def _fmt(xs: list, digits: int = 2) -> str:
     xs = [x for x in xs if x is not None]
-    return f"{np.mean(xs):.2f} ± {np.std(xs):.2f}" if xs else "–"
+    return f"{np.mean(xs):.{digits}f} ± {np.std(xs):.{digits}f}" if xs else "–"
 
 
 def write_markdown(summary: dict, path: Path) -> None:
@@ -380,7 +402,9 @@ def write_markdown(summary: dict, path: Path) -> None:
     for group in ("methods", "gate_thresholds", "additional_methods"):
         for name, scores in summary[group].items():
             tok = _mean(summary["tokens_in_encoder"][name][first])
-            lines.append(f"| {name} | {tok:.1f} | " + " | ".join(_fmt(scores.get(t, [])) for t in tasks)
+            r = summary["fusion_threshold_r"].get(name, [None]) if group == "gate_thresholds" else [None]
+            label = name if r[0] is None else f"{name} (r = {_fmt(r, 3)})"
+            lines.append(f"| {label} | {tok:.1f} | " + " | ".join(_fmt(scores.get(t, [])) for t in tasks)
                          + f" | {_fmt(summary['distill_loss_to_teacher'][name])} |")
     lines += ["", "Targets (measured):", ""]
     for task, row in summary["targets"].items():
