@@ -249,6 +249,14 @@ def test_tome_tokens_per_layer_follow_the_schedule_and_sizes_sum_to_c(teacher, t
             assert torch.equal(torch.gather(per_token, 1, idx), h)
     m = ToMeBackbone.from_teacher(teacher, target_tokens=8)
     assert m.r_schedule == [16, 8]
+    # a target, not a fixed schedule: clouds tokenized with twice the centers still end at 16 tokens
+    m = ToMeBackbone.from_teacher(teacher, target_tokens=16).eval()
+    big = m.tokenizer(_points(), num_groups=2 * C, generator=_gen())
+    with torch.no_grad():
+        out = m.encode(big)
+    assert out.info["trace"].tokens_per_layer == [32, 16] and out.last.shape[1] == 2 * C
+    rebuilt = type(m)(m.tokenizer, m.encoder, **m.init_kwargs)
+    assert rebuilt.target_tokens == 16 and rebuilt.schedule(2 * C) == [32, 16] and rebuilt.schedule(C) == [16]
 
 
 def test_tome_with_r_zero_is_exactly_the_plain_encoder(teacher, tok):

@@ -405,7 +405,7 @@ def write_markdown(summary: dict, path: Path) -> None:
             r = summary["fusion_threshold_r"].get(name, [None]) if group == "gate_thresholds" else [None]
             label = name if r[0] is None else f"{name} (r = {_fmt(r, 3)})"
             lines.append(f"| {label} | {tok:.1f} | " + " | ".join(_fmt(scores.get(t, [])) for t in tasks)
-                         + f" | {_fmt(summary['distill_loss_to_teacher'][name])} |")
+                         + f" | {_fmt(summary['distill_loss_to_teacher'][name], 4)} |")
     lines += ["", "Targets (measured):", ""]
     for task, row in summary["targets"].items():
         lines.append(f"- {task}: " + ", ".join(f"{k} = {v:.2f}" for k, v in row.items()))

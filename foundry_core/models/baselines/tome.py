@@ -212,17 +212,28 @@ class ToMeBackbone(TokenReductionBackbone):
                  target_tokens: int | None = None, prop_attn: bool = True, teacher_dim: int | None = None,
                  cfg: ModelConfig | None = None):
         super().__init__(tokenizer, encoder, teacher_dim, cfg)
+        if r_schedule is not None and target_tokens is not None:
+            raise ValueError("give r_schedule or target_tokens, not both")
+        self.target_tokens = None if target_tokens is None else int(target_tokens)
         if r_schedule is None:
             r_schedule = [] if target_tokens is None else halving_schedule(tokenizer.num_groups, target_tokens)
-        elif target_tokens is not None:
-            raise ValueError("give r_schedule or target_tokens, not both")
         if len(r_schedule) > encoder.depth:
             raise ValueError(f"r_schedule has {len(r_schedule)} entries for {encoder.depth} blocks")
         if any(int(r) < 0 for r in r_schedule):
             raise ValueError("r_schedule entries must be >= 0")
         self.r_schedule = [int(r) for r in r_schedule]
         self.prop_attn = bool(prop_attn)
-        self.init_kwargs.update(r_schedule=list(self.r_schedule), prop_attn=self.prop_attn)
+        if self.target_tokens is None:
+            self.init_kwargs.update(r_schedule=list(self.r_schedule), prop_attn=self.prop_attn)
+        else:
+            self.init_kwargs.update(target_tokens=self.target_tokens, prop_attn=self.prop_attn)
+
+    def schedule(self, c: int) -> list[int]:
+        """Tokens removed per block for c input tokens: with target_tokens, the halving schedule from
+        this call's c (clouds tokenized with more or fewer centers than the tokenizer's default)."""
+        if self.target_tokens is None:
+            return self.r_schedule
+        return halving_schedule(c, min(self.target_tokens, c))
 
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
                r_schedule: list[int] | None = None, points: torch.Tensor | None = None,
@@ -230,7 +241,7 @@ class ToMeBackbone(TokenReductionBackbone):
         """r_schedule overrides the module's schedule for this call."""
         self._check_no_gate(fusion_threshold)
         t, p = self.token_proj(tok.tokens), self.pos_proj(tok.pos)
-        sched = self.r_schedule if r_schedule is None else [int(r) for r in r_schedule]
+        sched = self.schedule(t.shape[1]) if r_schedule is None else [int(r) for r in r_schedule]
         enc, trace = tome_encode(self.encoder, t, p, sched, self.prop_attn)
         b, c = t.shape[:2]
         t_final = trace.tokens_per_layer[-1]
