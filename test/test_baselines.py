@@ -257,6 +257,8 @@ def test_tome_tokens_per_layer_follow_the_schedule_and_sizes_sum_to_c(teacher, t
     assert out.info["trace"].tokens_per_layer == [32, 16] and out.last.shape[1] == 2 * C
     rebuilt = type(m)(m.tokenizer, m.encoder, **m.init_kwargs)
     assert rebuilt.target_tokens == 16 and rebuilt.schedule(2 * C) == [32, 16] and rebuilt.schedule(C) == [16]
+    with pytest.raises(ValueError, match="cannot reach 16 tokens from 256 in 2 blocks"):
+        rebuilt.schedule(8 * C)
 
 
 def test_tome_with_r_zero_is_exactly_the_plain_encoder(teacher, tok):

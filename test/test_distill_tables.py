@@ -76,14 +76,14 @@ gate_thresholds: [0.5]
 gate_merge_fractions: [0.25, 0.75]
 batch_size: 16
 teacher:
-  model: {encoder: custom, dim: 32, depth: 2, heads: 2, num_groups: 16, group_size: 8}
+  model: {encoder: custom, dim: 32, depth: 3, heads: 2, num_groups: 16, group_size: 8}
   data: {source: synthetic, synthetic_shapes: 48, num_points: 256}
   optim: {epochs: 1, batch_size: 16}
   jepa: {predictor_dim: 32, predictor_depth: 1, predictor_heads: 2}
   run: {seed: 0, eval_every: 0, progress: false}
 specialist_task:
   task: cls
-  model: {encoder: custom, dim: 32, depth: 2, heads: 2, num_groups: 16, group_size: 8}
+  model: {encoder: custom, dim: 32, depth: 3, heads: 2, num_groups: 16, group_size: 8}
   data: {source: synthetic, synthetic_shapes: 48, num_points: 256}
   optim: {epochs: 1, batch_size: 16}
   run: {seed: 0, eval_every: 0, progress: false}

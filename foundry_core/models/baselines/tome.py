@@ -233,7 +233,11 @@ class ToMeBackbone(TokenReductionBackbone):
         this call's c (clouds tokenized with more or fewer centers than the tokenizer's default)."""
         if self.target_tokens is None:
             return self.r_schedule
-        return halving_schedule(c, min(self.target_tokens, c))
+        sched = halving_schedule(c, min(self.target_tokens, c))
+        if len(sched) > self.encoder.depth:
+            raise ValueError(f"ToMe cannot reach {self.target_tokens} tokens from {c} in {self.encoder.depth} blocks "
+                             f"(at most half of the tokens merge per block; needs {len(sched)})")
+        return sched
 
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
                r_schedule: list[int] | None = None, points: torch.Tensor | None = None,
