@@ -32,21 +32,22 @@ def interpolation_weights(centers: torch.Tensor, points: torch.Tensor, k: int = 
     """
     if idx is None:
         idx = knn(centers, points, min(k, centers.shape[1]))        # (B, N, k)
-    b, n, kk = idx.shape
-    c = centers.shape[1]
-    # gather rows of the flattened (B * c, .) table: no (B, N, c, .) expansion is ever built
-    flat = (idx + (torch.arange(b, device=idx.device) * c).view(b, 1, 1)).reshape(-1)
-    nb = centers.reshape(b * c, 3).index_select(0, flat).view(b, n, kk, 3)
-    w = 1.0 / ((points.unsqueeze(2) - nb) ** 2).sum(-1).clamp_min(1e-10)
+    w = 1.0 / ((points.unsqueeze(2) - _gather_rows(centers, idx)) ** 2).sum(-1).clamp_min(1e-10)
     return idx, w / w.sum(-1, keepdim=True)
 
 
 def interpolate(feats: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """feats (B, c, D), idx / weights (B, N, k) from `interpolation_weights` -> (B, N, D)."""
+    return (_gather_rows(feats, idx) * weights.unsqueeze(-1)).sum(2)
+
+
+def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table (B, c, D), idx (B, N, k) -> (B, N, k, D), gathered from the flattened (B * c, D) table:
+    no (B, N, c, D) expansion is ever built."""
     b, n, kk = idx.shape
-    flat = (idx + (torch.arange(b, device=idx.device) * feats.shape[1]).view(b, 1, 1)).reshape(-1)
-    gathered = feats.reshape(b * feats.shape[1], -1).index_select(0, flat).view(b, n, kk, -1)
-    return (gathered * weights.unsqueeze(-1)).sum(2)
+    c = table.shape[1]
+    flat = (idx + (torch.arange(b, device=idx.device) * c).view(b, 1, 1)).reshape(-1)
+    return table.reshape(b * c, -1).index_select(0, flat).view(b, n, kk, -1)
 
 
 def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3,

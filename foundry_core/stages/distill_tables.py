@@ -274,10 +274,12 @@ class DistillTables:
         t0 = time.time()
         caches = {t.name: tokenize_task(t, teacher.tokenizer, seed, cfg.batch_size) for t in cfg.tasks}
         self.log(f"seed {seed}: tokenized {len(caches)} tasks in {time.time() - t0:.0f} s")
-        done.pop("_probe_C", None)
-        done.pop("teacher", None)               # always scored first: it sets the probe C and the reference tokens
-        ref: dict = {"C": {}}
-        train_set, _ = make_datasets(cfg.distill.data, seed)
+        # the teacher is scored first: it sets the probe C of every cls task and the reference tokens
+        ref: dict = {"C": done.pop("_probe_C", {})}
+        cls_tasks = {t.name for t in cfg.tasks if t.kind == "cls"}
+        if not cls_tasks <= set(ref["C"]):
+            done.pop("teacher", None)
+            ref["C"] = {}
         s_red = cfg.reduced_tokens
         jobs: list[tuple[str, Callable, dict, str | None]] = [("teacher", lambda: teacher, {}, None)]
         for kind, name in (("random", f"random{s_red}"), ("tome", f"tome{s_red}"), ("kmeans", f"kmeans{s_red}")):
@@ -285,10 +287,15 @@ class DistillTables:
                 dcfg = copy.deepcopy(cfg.distill)
                 dcfg.student.kind, dcfg.student.supertokens, dcfg.run.seed = kind, s_red, seed
                 torch.manual_seed(seed)
+                train_set = make_datasets(cfg.distill.data, seed)[0] if kind == "kmeans" else None
                 return build_student(dcfg, teacher, train_set)
             jobs.append((name, make, {}, None))
+        loaded: dict[str, torch.nn.Module] = {}         # one load per checkpoint (a gate serves many rows)
         for name, path in paths.items():
-            load = lambda p=path: load_backbone(p)          # noqa: E731
+            def load(p=path):
+                if p not in loaded:
+                    loaded[p] = load_backbone(p)
+                return loaded[p]
             if name.startswith("gate_"):
                 jobs += [(f"gate_budget_{b}", load, {"budget": b}, path) for b in cfg.gate_budgets]
                 jobs += [(f"gate_r{r:g}", load, {"threshold": r}, path) for r in cfg.gate_thresholds]
@@ -298,6 +305,9 @@ class DistillTables:
                     jobs += [(n, load, {"threshold": r_of[f]}, path) for f, n in merge_names.items()]
             else:
                 jobs.append((name, load, {}, path))
+        first = cfg.tasks[0].name
+        if "teacher" in done and any(name not in done for name, *_ in jobs):   # resumed: only its test tokens
+            ref["last"] = encode_cached(teacher, caches[first], "test", seed=seed)[0]
         for name, make, kw, path in jobs:
             if name in done:
                 continue
