@@ -6,47 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from foundry_core.configs import (DataConfig, DistillConfig, FinetuneConfig, JEPAConfig, ModelConfig, OptimConfig,
-                                  PretrainConfig, RunConfig)
+from support import SHARED_DATA  # noqa: F401  (re-exported for the tests that skip without ../shared)
+from support.configs import tiny_pretrain
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
-
-
-def tiny_model() -> ModelConfig:
-    return ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8)
-
-
-def tiny_data(**kw) -> DataConfig:
-    base = dict(source="synthetic", synthetic_shapes=60, num_points=128, augment=["scale", "rotate_up"])
-    return DataConfig(**{**base, **kw})
-
-
-def tiny_pretrain(out: Path, epochs: int = 2, **optim) -> PretrainConfig:
-    return PretrainConfig(
-        model=tiny_model(), data=tiny_data(),
-        optim=OptimConfig(**{"lr": 1e-3, "epochs": epochs, "warmup_epochs": 1, "batch_size": 16, **optim}),
-        run=RunConfig(out_dir=str(out), eval_every=0, progress=False),
-        jepa=JEPAConfig(predictor_dim=32, predictor_depth=1, predictor_heads=2, ema=[0.99, 0.999]))
-
-
-def tiny_finetune(out: Path, task: str = "cls", epochs: int = 2, **kw) -> FinetuneConfig:
-    return FinetuneConfig(
-        task=task, model=tiny_model(), data=tiny_data(with_seg=task != "cls"),
-        optim=OptimConfig(lr=1e-3, epochs=epochs, warmup_epochs=0, batch_size=16),
-        run=RunConfig(out_dir=str(out), eval_every=0, progress=False), seg_layers=[1, 2], **kw)
-
-
-def tiny_distill(out: Path, teacher: str, epochs: int = 2, **student) -> DistillConfig:
-    from foundry_core.configs import StudentConfig
-    return DistillConfig(
-        teacher=teacher, student=StudentConfig(**{"supertokens": 4, **student}), data=tiny_data(),
-        optim=OptimConfig(lr=1e-3, epochs=epochs, warmup_epochs=0, batch_size=16),
-        run=RunConfig(out_dir=str(out), eval_every=0, progress=False))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from foundry_core.runtime.predictor import Predictor
 from foundry_core.runtime.tensorrt_engine import (AxisRange, cached_engine, engine_key, engine_paths, load_or_build,
                                                   profile_for, store_engine)
 
-from test_predictor import _export, cloud, scene_pre
+from support.exports import cloud, export_task_model, scene_pre
 
 
 def test_rungs_for_each_request():
@@ -45,7 +45,7 @@ def test_ladder_skips_missing_and_failing_rungs_with_reasons(caplog):
 
 
 def test_predictor_falls_back_when_onnx_path_is_broken(tmp_path):
-    path = _export(tmp_path)
+    path = export_task_model(tmp_path)
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file")
     pred = Predictor.from_checkpoint(path, preprocess=scene_pre(), backend="onnxruntime", onnx_path=str(bad))
@@ -56,7 +56,7 @@ def test_predictor_falls_back_when_onnx_path_is_broken(tmp_path):
 
 
 def test_tensorrt_request_without_cuda_runs_on_cpu(tmp_path):
-    pred = Predictor.from_checkpoint(_export(tmp_path), preprocess=scene_pre(), backend="tensorrt")
+    pred = Predictor.from_checkpoint(export_task_model(tmp_path), preprocess=scene_pre(), backend="tensorrt")
     skipped = dict(pred.backend_choice.skipped)
     assert pred.backend == "torch-cpu" and "CUDA" in skipped["tensorrt"] and "CUDA" in skipped["torch-cuda"]
 

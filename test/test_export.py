@@ -10,7 +10,7 @@ import torch
 from foundry_core.runtime.export import ExportGraph, example_inputs, export_onnx, signature_of, to_numpy
 from foundry_core.runtime.predictor import Predictor, load_task_model
 
-from test_predictor import _export, cloud, scene_pre
+from support.exports import cloud, export_task_model, scene_pre
 
 # (batch, centers c, budget L, points M, fusion threshold) — none equal to the export example's shapes
 CASES = [(1, 16, 16, 100, 2.0), (3, 24, 7, 500, 2.0), (2, 40, 30, 77, 0.5), (1, 20, 4, 10, 2.0), (4, 12, 9, 33, 0.3)]
@@ -21,7 +21,7 @@ CASES = [(1, 16, 16, 100, 2.0), (3, 24, 7, 500, 2.0), (2, 40, 30, 77, 0.5), (1, 
 def exported(request, tmp_path_factory):
     kind, task = request.param
     d = tmp_path_factory.mktemp(f"{kind}_{task}")
-    model, _ = load_task_model(_export(d, kind=kind, task=task))
+    model, _ = load_task_model(export_task_model(d, kind=kind, task=task))
     path = export_onnx(model, d / "model.onnx")
     return model, path
 
@@ -70,7 +70,7 @@ def test_budget_lowers_tokens_in_exported_graph(exported):
 
 
 def test_predictor_onnxruntime_matches_torch(tmp_path):
-    path = _export(tmp_path)
+    path = export_task_model(tmp_path)
     pre = scene_pre()
     torch_pred = Predictor.from_checkpoint(path, preprocess=pre, backend="torch")
     ort_pred = Predictor.from_checkpoint(path, preprocess=pre, backend="onnxruntime")
@@ -87,6 +87,6 @@ def test_predictor_onnxruntime_matches_torch(tmp_path):
 
 
 def test_export_refuses_baselines(tmp_path):
-    model, _ = load_task_model(_export(tmp_path, kind="random"))
+    model, _ = load_task_model(export_task_model(tmp_path, kind="random"))
     with pytest.raises(TypeError, match="baselines"):
         export_onnx(model, tmp_path / "x.onnx")

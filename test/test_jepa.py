@@ -7,7 +7,7 @@ from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.jepa import PointJEPA, ema_momentum, ema_update, sample_blocks, sequence_centers
 from foundry_core.stages.pretrain import run_pretrain
 
-from conftest import tiny_model, tiny_pretrain
+from support.configs import tiny_model, tiny_pretrain
 
 
 def test_sequencer_is_greedy_nearest_from_min_sum():

@@ -16,62 +16,21 @@ from foundry_core.models.io import save_task_model
 from foundry_core.models.student import FoundryStudent
 from foundry_core.runtime.predictor import Predictor, encode, label_colors, tokenize
 from foundry_core.runtime.preprocess import PreprocessConfig, preprocess
-
-SEG_CLASSES = ["ground", "car", "tree", "pole"]
-HEAD = {"seg_layers": [1, 2], "category_embedding": True, "head_dropout": 0.5}
-
+from support.exports import HEAD, SEG_CLASSES, cloud, export_task_model, scene_pre
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
 
 
-def _export(path, kind: str = "student", in_channels: int = 3, task: str = "sceneseg") -> str:
-    torch.manual_seed(0)
-    teacher = PointBackbone(ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8,
-                                        in_channels=in_channels))
-    if kind == "student":
-        backbone = FoundryStudent.from_teacher(teacher, 4, gate=True)
-    elif kind == "random":
-        from foundry_core.models.baselines import RandomTokenSampling
-        backbone = RandomTokenSampling.from_teacher(teacher, 6)
-    else:
-        backbone = teacher
-    if task == "cls":
-        head = ClassificationHead(backbone.dim, 3, 0.5)
-    else:
-        head = SegmentationHead(getattr(backbone, "hidden_dim", backbone.dim), len(SEG_CLASSES), HEAD["seg_layers"],
-                                num_categories=3 if task == "partseg" else 0)
-    with torch.no_grad():   # random but position-dependent labels (several classes per cloud)
-        for p in head.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 1.0 / math.sqrt(p.shape[1]) * 3)
-    model = TaskModel(backbone, head)
-    meta = {"task": task, "classes": ["a", "b", "c"], "seg_classes": SEG_CLASSES if task != "cls" else None,
-            "init": "", "metrics": {}, "head": HEAD}
-    return str(save_task_model(path / "model.safetensors", model, backbone.cfg, meta))
-
-
 @pytest.fixture(scope="module")
 def student_path(tmp_path_factory):
-    return _export(tmp_path_factory.mktemp("student"))
+    return export_task_model(tmp_path_factory.mktemp("student"))
 
 
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
-    return _export(tmp_path_factory.mktemp("teacher"), kind="teacher")
-
-
-def scene_pre(**kw) -> PreprocessConfig:
-    base = dict(min_centers=8, max_centers=32, points_per_center=32, max_points=4096)
-    return PreprocessConfig(**{**base, **kw})
-
-
-def cloud(n: int = 1500, seed: int = 0, channels: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    pts = rng.uniform(-4, 4, size=(n, channels)).astype(np.float32)
-    pts[:, 2] *= 0.3
-    return pts
+    return export_task_model(tmp_path_factory.mktemp("teacher"), kind="teacher")
 
 
 def _check_aligned(res, n, invalid):
@@ -253,7 +212,7 @@ def test_chunked_head_matches_head_forward(student_path, fold):
 def test_extra_channels(tmp_path, student_path):
     pts4 = cloud(700, seed=9, channels=4)
     pts4[:, 3] = np.abs(pts4[:, 3])                      # intensity
-    pred4 = Predictor.from_checkpoint(_export(tmp_path, in_channels=4), preprocess=scene_pre())
+    pred4 = Predictor.from_checkpoint(export_task_model(tmp_path, in_channels=4), preprocess=scene_pre())
     res = pred4(pts4)
     assert np.all(res.labels >= 0)
     with pytest.raises(ValueError, match="4 channels"):
@@ -279,7 +238,7 @@ def test_teacher_ignores_budgets(teacher_path, caplog):
 
 
 def test_cls_model_unit_sphere(tmp_path):
-    pred = Predictor.from_checkpoint(_export(tmp_path, kind="teacher", task="cls"))
+    pred = Predictor.from_checkpoint(export_task_model(tmp_path, kind="teacher", task="cls"))
     assert pred.pre_cfg.normalize == "unit_sphere" and [i.name for i in pred.label_info()] == ["a", "b", "c"]
     pts = cloud(500, seed=11) * 10 + np.array([100.0, -50.0, 3.0], np.float32)
     pts[7] = np.nan
@@ -303,7 +262,7 @@ def test_large_cloud(student_path):
 
 
 def test_baseline_backbone(tmp_path):
-    pred = Predictor.from_checkpoint(_export(tmp_path, kind="random"), preprocess=scene_pre(), seed=1)
+    pred = Predictor.from_checkpoint(export_task_model(tmp_path, kind="random"), preprocess=scene_pre(), seed=1)
     assert pred.kind == "baseline" and not pred.budget_adjustable
     pts = cloud(500, seed=13)
     a, b = pred(pts, budget=20), pred(pts)
@@ -312,7 +271,7 @@ def test_baseline_backbone(tmp_path):
 
 
 def test_partseg_needs_category(tmp_path):
-    pred = Predictor.from_checkpoint(_export(tmp_path, task="partseg"))
+    pred = Predictor.from_checkpoint(export_task_model(tmp_path, task="partseg"))
     assert pred.pre_cfg.normalize == "unit_sphere"
     pts = cloud(400, seed=14) + 5
     with pytest.raises(ValueError, match="category"):

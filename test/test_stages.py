@@ -9,7 +9,7 @@ from foundry_core.stages.evaluate import run_evaluate
 from foundry_core.stages.finetune import run_finetune
 from foundry_core.stages.pretrain import run_pretrain
 
-from conftest import tiny_data, tiny_finetune, tiny_pretrain
+from support.configs import tiny_data, tiny_finetune, tiny_pretrain
 
 
 def test_finetune_on_generated_shapes_beats_chance(tmp_path):

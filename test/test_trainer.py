@@ -13,7 +13,7 @@ from foundry_core.stages.pretrain import PretrainTask
 from foundry_core.train.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from foundry_core.train.trainer import Trainer, lr_at
 
-from conftest import tiny_model, tiny_pretrain
+from support.configs import tiny_model, tiny_pretrain
 
 
 def make_trainer(cfg: PretrainConfig) -> Trainer:
