@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .train.checkpoint import CheckpointError
+from .typed_yaml import ConfigError, load_config
+from .checkpoint import CheckpointError
 from .data.shapeset import DatasetFormatError
 
 def _config_dir() -> Path:
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train.distributed import shutdown_distributed
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"foundry export: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()
 
 
 def _dispatch(args: argparse.Namespace) -> int:

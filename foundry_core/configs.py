@@ -4,8 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import ConfigError
+from .typed_yaml import ConfigError
 
+ENCODER_PRESETS: dict[str, dict[str, int]] = {     # transformer sizes of the named encoders
+    "vit_s": {"dim": 384, "depth": 12, "heads": 6},
+    "vit_t": {"dim": 192, "depth": 12, "heads": 3},
+}
 
 @dataclass
 class ModelConfig:
@@ -23,9 +27,8 @@ class ModelConfig:
     pos_every_layer: bool = True    # Point-JEPA adds the positional embedding before every block
 
     def __post_init__(self) -> None:
-        from .models.encoder import PRESETS
-        if self.encoder != "custom" and self.encoder not in PRESETS:
-            raise ConfigError(f"model.encoder {self.encoder!r} is unknown; use one of {sorted(PRESETS)} or custom")
+        if self.encoder != "custom" and self.encoder not in ENCODER_PRESETS:
+            raise ConfigError(f"model.encoder {self.encoder!r} is unknown; use one of {sorted(ENCODER_PRESETS)} or custom")
         if self.encoder == "custom" and None in (self.dim, self.depth, self.heads):
             raise ConfigError("model.encoder=custom needs model.dim, model.depth and model.heads")
         for name in ("num_groups", "group_size", "in_channels"):

@@ -55,14 +55,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value == int(value)
 
 
-def _is_real(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(float(value))
-    )
-
-
 @dataclasses.dataclass
 class BudgetControllerConfig:
     """Parameters of :class:`BudgetController`; validated on construction (ValueError)."""

@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from . import dds
+from .pointcloud2 import decode_pointcloud2, make_pointcloud2
 from .process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +185,6 @@ def run_client(args, out: Path, node_proc: subprocess.Popen, frames, topic: str)
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2, PointField
     from foundry_msgs.msg import InferenceReport, LabelMap
-    from .pointcloud2 import decode_pointcloud2, encode_pointcloud2_fields
 
     rclpy.init()
     node = rclpy.create_node("foundry_demo")
@@ -244,7 +244,7 @@ def run_client(args, out: Path, node_proc: subprocess.Popen, frames, topic: str)
         time.sleep(1.0)
         print(f"[demo] streaming for {args.duration:.0f} s", flush=True)
         if frames is not None:
-            publish_sim(node, pub, frames, args, truth, PointCloud2, PointField, encode_pointcloud2_fields)
+            publish_sim(node, pub, frames, args, truth, PointCloud2, PointField)
         elif args.bag:
             from .bag import list_pointcloud_topics
             from .bag_replay import BagPlayer
@@ -278,17 +278,13 @@ def run_client(args, out: Path, node_proc: subprocess.Popen, frames, topic: str)
     return 0 if summary["frames"] > 0 else 1
 
 
-def publish_sim(node, pub, frames, args, truth, PointCloud2, PointField, encode) -> None:
+def publish_sim(node, pub, frames, args, truth, PointCloud2, PointField) -> None:
     """Publish the simulated frames at args.rate for args.duration, stamped now; keep their truth."""
     msgs = []
     for pts, _ in frames:
-        specs, step, data = encode({"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2], "intensity": pts[:, 3]})
-        m = PointCloud2()
+        m = make_pointcloud2(PointCloud2, PointField, {"x": pts[:, 0], "y": pts[:, 1], "z": pts[:, 2],
+                                                       "intensity": pts[:, 3]}, height=1, width=len(pts))
         m.header.frame_id = "lidar"
-        m.height, m.width = 1, len(pts)
-        m.fields = [PointField(name=s.name, offset=s.offset, datatype=s.datatype, count=s.count) for s in specs]
-        m.is_bigendian, m.point_step, m.row_step, m.is_dense = False, step, step * len(pts), True
-        m.data = data
         msgs.append(m)
     period = 1.0 / args.rate
     n = int(round(args.duration * args.rate))

@@ -26,13 +26,13 @@ import math
 from collections import deque
 from typing import Any, Iterable, Mapping, Sequence
 
-from foundry_ros.budget import BudgetControllerConfig
+from foundry_ros.budget import BudgetController, BudgetControllerConfig
 
 __all__ = [
-    "ParamSpec", "PARAM_SPECS", "SPECS_BY_NAME", "READ_ONLY", "CONTROLLER_PARAMS", "DEFAULT_DEADLINE_S",
+    "ParamSpec", "PARAM_SPECS", "SPECS_BY_NAME", "READ_ONLY", "DEFAULT_DEADLINE_S",
     "RELIABILITY_CHOICES", "PRECISION_CHOICES", "default_params", "validate_params", "validate_change",
-    "coerce_value", "controller_config", "controller_changes", "effective_bounds",
-    "fusion_threshold_arg", "PeriodEstimator", "LatencyStats", "diagnostic_level",
+    "coerce_value", "normalise", "controller_config", "controller_changes", "plan_change", "frame_budget",
+    "effective_bounds", "fusion_threshold_arg", "PeriodEstimator", "diagnostic_level",
     "OK", "WARN", "ERROR",
 ]
 
@@ -127,9 +127,6 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in PARAM_SPECS}
 READ_ONLY = frozenset(s.name for s in PARAM_SPECS if s.read_only)
-#: node parameter -> BudgetControllerConfig field (deadline_ms is converted separately)
-CONTROLLER_PARAMS = {"setpoint": "setpoint", "hysteresis": "hysteresis", "max_step": "max_step",
-                     "min_budget": "min_budget", "max_budget": "max_budget", "initial_budget": "initial_budget"}
 
 
 def default_params() -> dict[str, Any]:
@@ -278,6 +275,38 @@ def controller_changes(params_after: Mapping[str, Any], changed: Iterable[str],
     return out
 
 
+def plan_change(current: Mapping[str, Any], changes: Mapping[str, Any], period: PeriodEstimator,
+                model_min: int | None = None, model_max: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(parameter set after ``changes``, ``BudgetController.reconfigure`` keyword arguments) of a
+    run-time change; ValueError with the reasons when the change is rejected."""
+    errors = validate_change(current, changes)
+    if errors:
+        raise ValueError("; ".join(errors))
+    new_p = dict(current)
+    new_p.update(normalise(changes))
+    ctl = controller_changes(new_p, changes, model_min, model_max)
+    if "deadline_ms" in changes:
+        ctl["deadline_s"] = period.deadline_s(new_p["deadline_ms"])
+    return new_p, ctl
+
+
+def frame_budget(controller: BudgetController, params: Mapping[str, Any], measured_deadline_s: float
+                 ) -> tuple[int, float]:
+    """(token budget, deadline s) of the next frame.
+
+    With ``deadline_ms == 0`` the controller's deadline follows ``measured_deadline_s`` (the sensor
+    period) once it moved by more than 2 %; with ``controller_enabled`` false every frame runs at
+    ``initial_budget`` (clamped into the bounds).
+    """
+    cfg = controller.config
+    if params["deadline_ms"] <= 0.0 and abs(measured_deadline_s - cfg.deadline_s) > 0.02 * cfg.deadline_s:
+        controller.set_deadline(measured_deadline_s)
+        cfg = controller.config
+    if params["controller_enabled"]:
+        return controller.budget, cfg.deadline_s
+    return min(max(cfg.initial_budget, cfg.min_budget), cfg.max_budget), cfg.deadline_s
+
+
 def fusion_threshold_arg(value: float) -> float | None:
     """The predictor's ``fusion_threshold`` argument: None (budget-driven) for negative values."""
     value = float(value)
@@ -317,27 +346,6 @@ class PeriodEstimator:
             return float(deadline_ms) / 1000.0
         period = self.period_s
         return period if period is not None else fallback_s
-
-
-class LatencyStats:
-    """Sliding window of latencies (s) with percentiles."""
-
-    def __init__(self, window: int = 200) -> None:
-        self._values: deque[float] = deque(maxlen=window)
-
-    def add(self, latency_s: float) -> None:
-        self._values.append(float(latency_s))
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def percentile(self, q: float) -> float:
-        """q in [0, 100]; NaN when empty (nearest-rank on the sorted window)."""
-        if not self._values:
-            return math.nan
-        values = sorted(self._values)
-        rank = min(len(values) - 1, max(0, math.ceil(q / 100.0 * len(values)) - 1))
-        return values[rank]
 
 
 def diagnostic_level(*, frames: int, last_over_deadline: bool, over_streak: int, error_frames: int,

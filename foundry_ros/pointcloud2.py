@@ -40,6 +40,7 @@ __all__ = [
     "pointcloud2_dtype",
     "decode_pointcloud2",
     "encode_pointcloud2_fields",
+    "make_pointcloud2",
     "scatter_to_grid",
 ]
 
@@ -526,6 +527,42 @@ def encode_pointcloud2_fields(
     for name, arr in zip(names, cols):
         packed[name] = arr
     return specs, point_step, packed.tobytes()
+
+
+def make_pointcloud2(
+    cloud_cls: Any,
+    field_cls: Any,
+    arrays: Mapping[str, Any],
+    *,
+    height: int,
+    width: int,
+    order: Sequence[str] | None = None,
+    header: Any = None,
+    is_dense: bool = True,
+) -> Any:
+    """A ``cloud_cls`` message (e.g. ``sensor_msgs/msg/PointCloud2``) holding ``arrays``.
+
+    The points are packed by :func:`encode_pointcloud2_fields` (little-endian, no row padding)
+    and ``field_cls`` (e.g. ``PointField``) describes each field; ``height * width`` must equal
+    the number of points. ``header`` (if given) is set as is.
+    """
+    specs, point_step, data = encode_pointcloud2_fields(arrays, order=order)
+    height, width = _as_int(height, "height"), _as_int(width, "width")
+    if len(data) != height * width * point_step:
+        raise PointCloud2Error(
+            f"height x width = {height} x {width} does not match {len(data) // point_step} points"
+        )
+    msg = cloud_cls()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = height, width
+    msg.fields = [field_cls(name=s.name, offset=s.offset, datatype=s.datatype, count=s.count) for s in specs]
+    msg.is_bigendian = False
+    msg.point_step = int(point_step)
+    msg.row_step = int(point_step * width)
+    msg.data = data
+    msg.is_dense = bool(is_dense)
+    return msg
 
 
 def scatter_to_grid(

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from foundry_core.config import load_config
+from foundry_core.typed_yaml import load_config
 from foundry_core.data.sources import make_datasets
 from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.jepa import PointJEPA, sample_blocks, sequence_centers
 from foundry_core.models.sampling import gather_points
 from foundry_core.stages.experiment import ExperimentConfig
-from foundry_core.train.checkpoint import load_checkpoint, split_prefix
+from foundry_core.checkpoint import load_checkpoint, split_prefix
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from foundry_core.config import ConfigError, from_dict, load_config, parse_override, to_dict
+from foundry_core.typed_yaml import ConfigError, from_dict, load_config, parse_override, to_dict
 from foundry_core.configs import (DataConfig, FinetuneConfig, JEPAConfig, ModelConfig, OptimConfig,
                                   PretrainConfig)
 from foundry_core.stages.experiment import ExperimentConfig

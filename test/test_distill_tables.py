@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from foundry_core.cli import main
-from foundry_core.config import ConfigError, load_config
+from foundry_core.typed_yaml import ConfigError, load_config
 from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.io import load_backbone
 from foundry_core.models.student import FoundryStudent

@@ -14,7 +14,8 @@ from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.heads import ClassificationHead, SegmentationHead, TaskModel
 from foundry_core.models.io import save_task_model
 from foundry_core.models.student import FoundryStudent
-from foundry_core.runtime.predictor import Predictor, encode, label_colors, tokenize
+from foundry_core.runtime.predictor import Predictor, label_colors
+from foundry_core.runtime.runners import tokenize
 from foundry_core.runtime.preprocess import PreprocessConfig, preprocess
 from support.exports import HEAD, SEG_CLASSES, cloud, export_task_model, scene_pre
 
@@ -57,7 +58,7 @@ def test_unorganised_cloud_with_nans(student_path):
     _check_aligned(res, len(pts), bad)
     assert len(np.unique(res.labels[~bad])) > 1
     r = res.report
-    assert (r.points_in, r.points_used, r.points_dropped) == (len(pts), int((~bad).sum()), int(bad.sum()))
+    assert (r.points_in, r.points_used, r.points_unlabelled) == (len(pts), int((~bad).sum()), int(bad.sum()))
     assert res.centers.shape == (r.num_centers, 3) and res.embeddings.shape == (r.num_centers, 32)
     assert res.token_segments.shape == (r.num_centers,)
 
@@ -109,7 +110,7 @@ def test_crop_and_range(student_path):
     with np.errstate(invalid="ignore"):
         inside = ((pts >= box[:3]) & (pts <= box[3:])).all(1) & (np.linalg.norm(pts, axis=1) >= 0.5)
     assert np.all(res.labels[~inside] == -1) and np.all(res.labels[inside] >= 0)
-    assert res.report.points_used == inside.sum() and res.report.points_dropped == len(pts) - inside.sum()
+    assert res.report.points_used == inside.sum() and res.report.points_unlabelled == len(pts) - inside.sum()
     lo, hi = np.array(box[:3]), np.array(box[3:])
     assert np.all((res.centers >= lo - 1e-6) & (res.centers <= hi + 1e-6))
 
@@ -122,7 +123,7 @@ def test_empty_clouds_are_defined(student_path):
         res = pred(pts, budget=8)
         assert res.labels.shape == (len(pts),) and np.all(res.labels == -1) and np.all(res.segments == -1)
         assert np.all(res.confidence == 0)
-        assert res.report.points_used == 0 and res.report.points_dropped == len(pts)
+        assert res.report.points_used == 0 and res.report.points_unlabelled == len(pts)
         assert res.report.tokens_in_encoder == 0 and res.centers.shape == (0, 3)
         assert res.embeddings.shape == (0, 32) and "total" in res.report.timings_ms
 
@@ -134,17 +135,17 @@ def test_budget_changes_take_effect_immediately(student_path):
     used = {}
     for b in (4, 12, 4, 12, 16):
         r = pred(pts, budget=b, fusion_threshold=2.0).report            # budget only (r > 1: no threshold)
-        assert r.tokens_in_encoder <= b and r.token_budget == b and r.fusion_ratio == 2.0
+        assert r.tokens_in_encoder <= b and r.token_budget == b and r.fusion_threshold == 2.0
         used.setdefault(b, set()).add(r.tokens_in_encoder)
     assert all(len(v) == 1 for v in used.values())          # same budget, same answer
     assert used[4] != used[12]
     assert pred(pts, budget=1).report.token_budget == 4      # clamped to [min_budget, max_budget]
     r = pred(pts, fusion_threshold=0.2).report
-    assert r.fusion_ratio == pytest.approx(0.2) and r.token_budget == 16
+    assert r.fusion_threshold == pytest.approx(0.2) and r.token_budget == 16
     r = pred(pts).report
-    assert r.fusion_ratio == pytest.approx(0.5)              # the gate's training threshold
+    assert r.fusion_threshold == pytest.approx(0.5)              # the gate's training threshold
     capped = pred(pts, budget=6).report                      # threshold and budget cap together
-    assert capped.fusion_ratio == pytest.approx(0.5) and capped.tokens_in_encoder <= min(6, r.tokens_in_encoder)
+    assert capped.fusion_threshold == pytest.approx(0.5) and capped.tokens_in_encoder <= min(6, r.tokens_in_encoder)
 
 
 def test_deterministic_with_fixed_seed(student_path):
@@ -198,7 +199,7 @@ def test_chunked_head_matches_head_forward(student_path, fold):
     with torch.inference_mode():
         x = torch.from_numpy(pre.points).unsqueeze(0)
         tok = tokenize(pred.backbone.tokenizer, x, pre.num_centers, torch.Generator().manual_seed(0))
-        out = encode(pred.backbone, tok, budget=10)
+        out = pred.backbone.encode(tok, budget=10)
         logits = pred.head(out, x)[0]
     top2 = logits.topk(2, -1).values
     clear = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()

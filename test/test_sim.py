@@ -10,7 +10,8 @@ from foundry_core.configs import DataConfig
 from foundry_core.data.point_dataset import PointCloudDataset
 from foundry_core.data.sources import load_splits
 from foundry_core.sim import (SIM_CLASSES, Box, Cylinder, DepthCamera, DepthCameraConfig, LidarConfig, LidarSensor,
-                              Plane, SceneConfig, SensorStream, Sphere, cast_rays, generate_scene, generate_scene_set)
+                              Plane, SceneConfig, SensorStream, Sphere, cast_rays, generate_scene)
+from foundry_core.data.sim_scenes import generate_scene_set
 
 SMALL = LidarConfig(beams=16, azimuth_samples=512)
 

@@ -76,7 +76,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     import json
     hist = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(hist) == 2                                   # one row per epoch, written once (rank 0)
-    from foundry_core.train.checkpoint import read_meta
+    from foundry_core.checkpoint import read_meta
     assert read_meta(tmp_path / "run" / "last.safetensors")["world_size"] == 2
     # 48 clouds / 2 ranks / batch 8 = 3 steps per rank per epoch: each rank saw half of the data
     assert proc.stdout.count("[pretrain] epoch") == 2

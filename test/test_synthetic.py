@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from foundry_core.data.synthetic import (PARTS_OF_CLASS, SHAPE_CLASSES, _sample_box, _sample_frustum,
+from foundry_core.data.synthetic import (CLASS_PARTS, SHAPE_CLASSES, _sample_box, _sample_frustum,
                                          generate_shapes)
 
 
@@ -14,7 +14,7 @@ def shapes():
 def test_classes_and_parts_declared():
     assert len(SHAPE_CLASSES) >= 8
     for c in SHAPE_CLASSES:
-        assert 2 <= len(PARTS_OF_CLASS[c]) <= 4
+        assert 2 <= len(CLASS_PARTS[c]) <= 4
 
 
 def test_determinism_by_seed():

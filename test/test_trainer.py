@@ -10,7 +10,7 @@ from foundry_core.models.io import load_backbone, save_backbone
 from foundry_core.models.jepa import PointJEPA
 from foundry_core.stages.common import eval_view
 from foundry_core.stages.pretrain import PretrainTask
-from foundry_core.train.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from foundry_core.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from foundry_core.train.trainer import Trainer, lr_at
 
 from support.configs import tiny_model, tiny_pretrain

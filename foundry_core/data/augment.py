@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..geometry import rotation_about
+
 AugResult = tuple[np.ndarray, "np.ndarray | None"]
 
 
@@ -82,15 +84,6 @@ class RandomMirror(Augmentation):
                 if self.normals:
                     out[:, 3 + a] = -out[:, 3 + a]
         return out, seg
-
-
-def rotation_about(axis: int, angle: float) -> np.ndarray:
-    """3x3 right-handed rotation by `angle` about coordinate axis 0, 1 or 2."""
-    c, s = math.cos(angle), math.sin(angle)
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    R = np.eye(3)
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    return R
 
 
 class RandomRotateUp(Augmentation):

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from ..configs import DataConfig
-from ..sim.dataset import load_sim_scenes
 from .augment import build_augmentation
 from .formats import load_dataset
 from .point_dataset import PointCloudDataset
 from .shapeset import ShapeSet, stratified_split
+from .sim_scenes import load_sim_scenes
 from .synthetic import generate_shapes
 
 

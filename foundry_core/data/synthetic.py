@@ -21,12 +21,12 @@ from typing import Callable
 
 import numpy as np
 
-from .augment import rotation_about
+from ..geometry import rotation_about
 from .shapeset import ShapeSet
 
 # --------------------------------------------------------------------------- classes
 
-_CLASS_PARTS: dict[str, tuple[str, ...]] = {
+CLASS_PARTS: dict[str, tuple[str, ...]] = {
     "table": ("top", "legs"),
     "chair": ("seat", "back", "legs"),
     "lamp": ("base", "pole", "shade"),
@@ -39,11 +39,8 @@ _CLASS_PARTS: dict[str, tuple[str, ...]] = {
     "car": ("body", "cabin", "wheels"),
 }
 
-SHAPE_CLASSES: list[str] = list(_CLASS_PARTS)
+SHAPE_CLASSES: list[str] = list(CLASS_PARTS)
 """Names of every class `generate_shapes` can produce (default order = label order)."""
-
-PARTS_OF_CLASS: dict[str, tuple[str, ...]] = dict(_CLASS_PARTS)
-"""Part names of each class (local part index = position in the tuple)."""
 
 _MAX_OCCLUSION = 0.4  # largest fraction of a cloud an occluding plane removes
 _MIN_OCCLUSION = 0.1
@@ -280,7 +277,7 @@ def _placed(prims: list[_Prim], rot: np.ndarray, trans) -> list[_Prim]:
 
 # --------------------------------------------------------------------------- class builders
 # Each builder draws the instance's parameters from rng and returns its primitives
-# (part = index into _CLASS_PARTS[name]).  Objects stand on z=0 with z up.
+# (part = index into CLASS_PARTS[name]).  Objects stand on z=0 with z up.
 
 def _table(rng: np.random.Generator) -> list[_Prim]:
     U = rng.uniform
@@ -596,7 +593,7 @@ def generate_shapes(num_shapes: int, num_points: int = 1024, seed: int = 0, clas
     if num_shapes < 0 or num_points < 1 or int(seed) < 0:
         raise ValueError(f"need num_shapes >= 0, num_points >= 1, seed >= 0; got {num_shapes}, {num_points}, {seed}")
     names = list(SHAPE_CLASSES if classes is None else classes)
-    unknown = [c for c in names if c not in _CLASS_PARTS]
+    unknown = [c for c in names if c not in CLASS_PARTS]
     if unknown or not names:
         raise ValueError(f"unknown synthetic classes {unknown}; valid: {SHAPE_CLASSES}")
     seg_classes: list[str] = []
@@ -604,8 +601,8 @@ def generate_shapes(num_shapes: int, num_points: int = 1024, seed: int = 0, clas
     part_offset: list[int] = []
     for ci, c in enumerate(names):
         part_offset.append(len(seg_classes))
-        seg_classes += [f"{c}/{p}" for p in _CLASS_PARTS[c]]
-        category_of_seg += [ci] * len(_CLASS_PARTS[c])
+        seg_classes += [f"{c}/{p}" for p in CLASS_PARTS[c]]
+        category_of_seg += [ci] * len(CLASS_PARTS[c])
     labels = np.arange(num_shapes, dtype=np.int64) % len(names)
     points, segs = [], []
     for i in range(num_shapes):

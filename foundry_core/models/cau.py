@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .encoder import _init_weights
+from .encoder import init_weights
 
 
 class CAU(nn.Module):
@@ -39,7 +39,7 @@ class CAU(nn.Module):
         self.skip = None
         if skip:
             self.skip = nn.Identity() if dim == out_dim else nn.Linear(dim, out_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if skip:
             nn.init.zeros_(self.mlp[-1].weight)
 

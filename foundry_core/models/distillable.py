@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..configs import ModelConfig
-from .backbone import PointBackbone, encoder_kwargs
+from .backbone import Backbone, PointBackbone, encoder_kwargs
 from .encoder import TransformerEncoder
 
 
@@ -30,9 +30,10 @@ def encoder_from_teacher(teacher: PointBackbone, cfg: ModelConfig | None, init: 
     return encoder, cfg, copied
 
 
-class FreezableBackbone(nn.Module):
-    """Mixin: `tokenizer` and `encoder` can be frozen (no gradients, kept in eval mode so BatchNorm
-    statistics and drop path stay fixed while the rest trains)."""
+class FreezableBackbone(Backbone):
+    """A backbone distilled from a teacher (Foundry student, baselines): `tokenizer` and `encoder` can
+    be frozen (no gradients, kept in eval mode so BatchNorm statistics and drop path stay fixed while
+    the rest trains), and `init_kwargs` + the tokenizer geometry rebuild it from checkpoint metadata."""
 
     tokenizer_frozen: bool = False
     encoder_frozen: bool = False
@@ -53,11 +54,12 @@ class FreezableBackbone(nn.Module):
         model.freeze_tokenizer(freeze_tokenizer)
         return model
 
-    def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
-                fusion_threshold: float | None = None):
-        """points (B, N, C) -> the backbone's output: tokenize, then encode (budget / r: gated students)."""
-        tok = self.tokenizer(points, generator=generator)
-        return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
+    def rebuild_meta(self) -> dict:
+        """Tokenizer geometry, constructor arguments and (baselines) the method's name."""
+        tok = self.tokenizer
+        return {"tokenizer": {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
+                              "in_channels": tok.in_channels},
+                "student": dict(self.init_kwargs), "baseline": getattr(self, "kind", None)}
 
     def freeze_tokenizer(self, frozen: bool = True):
         self.tokenizer_frozen = frozen

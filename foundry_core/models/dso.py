@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .encoder import _init_weights
+from .encoder import init_weights
 
 
 @dataclass
@@ -73,7 +73,7 @@ class DSO(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=qkv_bias)
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         self.supertokens = nn.Parameter(torch.empty(num_supertokens, dim))
         nn.init.trunc_normal_(self.supertokens, std=0.02)
         if similarity not in ("dot", "cosine"):

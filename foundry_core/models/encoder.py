@@ -7,10 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRESETS: dict[str, dict[str, int]] = {
-    "vit_s": {"dim": 384, "depth": 12, "heads": 6},
-    "vit_t": {"dim": 192, "depth": 12, "heads": 3},
-}
+from ..configs import ENCODER_PRESETS as PRESETS
 
 
 class DropPath(nn.Module):
@@ -91,7 +88,7 @@ class TransformerEncoder(nn.Module):
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias, r) for r in rates)
         self.norm = nn.LayerNorm(dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TransformerEncoder":
@@ -108,7 +105,8 @@ class TransformerEncoder(nn.Module):
         return EncoderOutput(last=self.norm(x), hidden=hidden)
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
+    """ViT initialisation (truncated normal 0.02 Linear weights, zero biases, unit LayerNorm); use with module.apply."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .encoder import _init_weights
+from .encoder import init_weights
 
 
 @dataclass
@@ -91,7 +91,7 @@ class TokenGate(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, 1)
         self.threshold, self.reg_weight = float(threshold), float(reg_weight)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, c, d) -> fusion probabilities (B, c)."""

@@ -1,10 +1,11 @@
-"""Downstream heads: classification, part segmentation, scene semantic segmentation."""
+"""Downstream heads: classification, part segmentation, scene semantic segmentation, and the
+segmentation MLP folded into plain GEMMs for inference (FoldedPointMLP)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .backbone import BackboneOutput, pooled_features
+from .backbone import Backbone, BackboneOutput, pooled_features
 from .sampling import knn
 
 
@@ -77,6 +78,15 @@ class SegmentationHead(nn.Module):
             nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
             nn.Conv1d(256, num_classes, 1))
 
+    @property
+    def point_dim(self) -> int:
+        """Width of the per-point (interpolated token) part of the MLP input."""
+        return self.norms[0].normalized_shape[0]
+
+    def folded_mlp(self) -> "FoldedPointMLP | None":
+        """The MLP as folded GEMMs for inference (see FoldedPointMLP); None if it cannot be folded."""
+        return FoldedPointMLP.build(self.mlp, self.point_dim)
+
     def token_features(self, out: BackboneOutput) -> torch.Tensor:
         hidden = out.encoded.hidden
         if max(self.layers) > len(hidden) or min(self.layers) < 1:
@@ -101,10 +111,63 @@ class SegmentationHead(nn.Module):
         return self.mlp[1:](h.transpose(1, 2)).transpose(1, 2)      # (B, N, K)
 
 
+class FoldedPointMLP:
+    """The segmentation head's per-point MLP (1x1 Conv1d -> eval BatchNorm -> ReLU -> Dropout ...)
+    folded into plain GEMMs on the channel-last layout ((m, C) @ W + b), with the first layer split
+    into its per-point part and its global part (the global feature is the same for every point, so
+    its product is computed once per call). Same function as head.mlp in eval mode, ~1.5-3x faster
+    on CPU. Built once from the weights (it does not depend on budgets). ``None`` from :meth:`build`
+    when the MLP has another structure (the caller then uses head.mlp)."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, bool]], point_dim: int):
+        self.layers, self.point_dim = layers, point_dim
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, mlp: nn.Sequential, point_dim: int) -> "FoldedPointMLP | None":
+        layers: list[list] = []
+        for mod in mlp:
+            if isinstance(mod, nn.Conv1d) and mod.kernel_size == (1,) and mod.groups == 1:
+                w = mod.weight[:, :, 0].detach().double()
+                b = mod.bias.detach().double() if mod.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+                layers.append([w, b, False])
+            elif isinstance(mod, nn.BatchNorm1d) and layers and not layers[-1][2] and mod.track_running_stats:
+                scale = mod.weight.detach().double() / torch.sqrt(mod.running_var.double() + mod.eps)
+                w, b, _ = layers[-1]
+                layers[-1][0] = w * scale[:, None]
+                layers[-1][1] = (b - mod.running_mean.double()) * scale + mod.bias.detach().double()
+            elif isinstance(mod, nn.ReLU) and layers:
+                layers[-1][2] = True
+            elif isinstance(mod, nn.Dropout):
+                continue
+            else:
+                return None
+        if not layers:
+            return None
+        dtype = mlp[0].weight.dtype
+        return cls([(w.t().contiguous().to(dtype), b.to(dtype), relu) for w, b, relu in layers], point_dim)
+
+    def global_bias(self, glob: torch.Tensor) -> torch.Tensor:
+        """glob (G,) -> first-layer bias (H,) including the global feature's contribution."""
+        w0, b0, _ = self.layers[0]
+        return b0 + glob.to(w0.dtype) @ w0[self.point_dim:]
+
+    def __call__(self, per_point: torch.Tensor, bias0: torch.Tensor) -> torch.Tensor:
+        w0, _, relu = self.layers[0]
+        x = torch.addmm(bias0, per_point.to(w0.dtype), w0[:self.point_dim])
+        if relu:
+            x = torch.relu_(x)
+        for w, b, relu in self.layers[1:]:
+            x = torch.addmm(b, x, w)
+            if relu:
+                x = torch.relu_(x)
+        return x
+
+
 class TaskModel(nn.Module):
     """backbone + head; forward(points (B, N, C), category (B,) | None) -> logits."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from torch import nn
 
-from ..config import ConfigError, from_dict, to_dict
-from ..configs import ModelConfig
-from ..train.checkpoint import CheckpointError, add_prefix, load_checkpoint, load_state_strict, save_checkpoint, split_prefix
-from .backbone import PointBackbone
+from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_state_strict, save_checkpoint, split_prefix
+from ..configs import FinetuneConfig, ModelConfig
+from ..typed_yaml import ConfigError, from_dict, to_dict
+from .backbone import Backbone, PointBackbone
+from .build import build_task_model
+from .heads import TaskModel
 
 
 def save_backbone(path: str | Path, backbone: PointBackbone, extra_meta: dict | None = None) -> Path:
@@ -25,28 +27,20 @@ def model_config_of(meta: dict, path: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: metadata has no valid model config ({e})") from None
 
 
-def student_meta(student: nn.Module) -> dict:
-    """What rebuilds a distilled student or baseline: tokenizer geometry, constructor args, kind."""
-    tok = student.tokenizer
-    return {"tokenizer": {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
-                          "in_channels": tok.in_channels},
-            "student": dict(student.init_kwargs), "baseline": getattr(student, "kind", None)}
-
-
-def save_student(path: str | Path, student: nn.Module, extra_meta: dict | None = None) -> Path:
+def save_student(path: str | Path, student: Backbone, extra_meta: dict | None = None) -> Path:
     """Export a distilled Foundry student (tokenizer, DSO, encoder, CAU, gate) or a token-reduction
     baseline with what rebuilds it."""
-    meta = {"kind": "student", "model": to_dict(student.cfg), **student_meta(student), **(extra_meta or {})}
+    meta = {"kind": "student", "model": to_dict(student.cfg), **student.rebuild_meta(), **(extra_meta or {})}
     return save_checkpoint(path, add_prefix(student.state_dict(), "backbone"), meta)
 
 
-def build_backbone(meta: dict, path: str | Path) -> nn.Module:
+def build_backbone(meta: dict, path: str | Path) -> Backbone:
     """An empty backbone (PointBackbone or FoundryStudent) matching a checkpoint's metadata."""
     cfg = model_config_of(meta, path)
     if meta.get("kind") != "student" and "student" not in meta:
         return PointBackbone(cfg)
-    from .encoder import TransformerEncoder
     from .backbone import encoder_kwargs
+    from .encoder import TransformerEncoder
     from .student import FoundryStudent
     from .tokenizer import PointTokenizer
     try:
@@ -60,7 +54,7 @@ def build_backbone(meta: dict, path: str | Path) -> nn.Module:
         raise CheckpointError(f"{path}: student metadata incomplete ({e})") from None
 
 
-def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backbone:
     """Rebuild the backbone of an exported backbone, distilled student or task model checkpoint."""
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") not in ("backbone", "student", "task_model"):
@@ -71,10 +65,29 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> nn.Mo
     return backbone.to(device)
 
 
-def save_task_model(path: str | Path, model: nn.Module, cfg: ModelConfig, task_meta: dict) -> Path:
+def save_task_model(path: str | Path, model: TaskModel, cfg: ModelConfig, task_meta: dict) -> Path:
     """Export backbone + head (TaskModel) with the model config and the task description
     (a student backbone also records what rebuilds it)."""
-    meta = {"kind": "task_model", "model": to_dict(cfg), **task_meta}
-    if hasattr(model.backbone, "init_kwargs"):
-        meta.update(student_meta(model.backbone))
+    meta = {"kind": "task_model", "model": to_dict(cfg), **task_meta, **model.backbone.rebuild_meta()}
     return save_checkpoint(path, dict(model.state_dict()), meta)
+
+
+def load_task_model(path: str | Path) -> tuple[TaskModel, dict]:
+    """(TaskModel in eval mode, metadata) of an exported task model; mirrors run_evaluate without a dataset."""
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != "task_model":
+        raise CheckpointError(f"{path} is not an exported task model (kind {meta.get('kind')!r}); "
+                              "the predictor needs the model.safetensors of a fine-tuning run")
+    task = meta.get("task")
+    if task not in ("cls", "partseg", "sceneseg"):
+        raise CheckpointError(f"{path}: unknown task {task!r}")
+    classes = list(meta.get("classes") or [])
+    seg_classes = meta.get("seg_classes")
+    if task != "cls" and not seg_classes:
+        raise CheckpointError(f"{path}: a {task} model without seg_classes in its metadata")
+    cfg = from_dict(FinetuneConfig, {"task": task, **meta.get("head", {})})
+    cfg.model = model_config_of(meta, path)
+    shapes = SimpleNamespace(name=str(path), classes=classes, num_classes=len(classes), seg_classes=seg_classes)
+    model = build_task_model(cfg, build_backbone(meta, path), shapes)
+    load_state_strict(model, tensors, f"task model {path}")
+    return model.eval(), meta

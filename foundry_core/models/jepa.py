@@ -66,7 +66,7 @@ def sample_blocks(c: int, batch: int, cfg: JEPAConfig, generator: torch.Generato
     return targets, context
 
 
-class Predictor(nn.Module):
+class JEPAPredictor(nn.Module):
     """Narrow transformer that predicts target-token embeddings from context embeddings.
 
     context (B, Lc, D), context_pos (B, Lc, 3), target_pos (B, Lt, 3) -> (B, Lt, D)
@@ -118,7 +118,7 @@ class PointJEPA(nn.Module):
         self.target = copy.deepcopy(backbone)
         for p in self.target.parameters():
             p.requires_grad_(False)
-        self.predictor = Predictor(backbone.dim, cfg.predictor_dim, cfg.predictor_depth, cfg.predictor_heads)
+        self.predictor = JEPAPredictor(backbone.dim, cfg.predictor_dim, cfg.predictor_depth, cfg.predictor_heads)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         tok = self.backbone.tokenizer(points)

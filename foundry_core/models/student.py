@@ -83,6 +83,15 @@ class FoundryStudent(FreezableBackbone):
                                 dso_similarity=dso_similarity)
         self.copied_from_teacher: list[str] = []
 
+    @property
+    def backbone_kind(self) -> str:
+        return "gated_student" if self.gate is not None else "student"
+
+    def budget_range(self, num_centers: int) -> tuple[int, int]:
+        """Gated: budgets from s up to c; ungated: always the s SuperTokens."""
+        s = int(self.num_supertokens)
+        return (s, max(int(num_centers), s)) if self.gate is not None else (s, s)
+
     # ------------------------------------------------------------------ forward
     def encode(self, tok: Tokens, budget: int | None = None, fusion_threshold: float | None = None,
                points: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StudentOutput:

@@ -69,3 +69,43 @@ def select_backend(rungs: list[str], loaders: dict[str, Callable[[], Any]], requ
         log.info("inference backend: %s", choice.summary())
         return choice
     raise ValueError("no backend rungs to try")
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def load_torch_cuda(device: Any) -> None:
+    """The torch-cuda rung: needs a CUDA device (PyTorch eager runs the model; no runner)."""
+    import torch
+    if device.type != "cuda":
+        raise RuntimeError("no CUDA device" if not torch.cuda.is_available() else "device set to cpu")
+    return None
+
+
+def load_onnxruntime(onnx_path: Callable[[], Any], device: Any, threads: int = 0):
+    """ONNX Runtime on CPU; with a CUDA device and an onnxruntime build that has it, its CUDA
+    provider (TensorRT provider first when present) with the CPU provider as fallback for ops.
+    onnx_path: returns the exported graph (exporting it on first use)."""
+    import onnxruntime as ort
+    from .onnx_runner import OnnxRunner
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in ort.get_available_providers()]
+        providers = gpu + providers
+    return OnnxRunner(onnx_path(), providers, threads=threads)
+
+
+def onnxruntime_backend_name(runner: Any) -> str:
+    """'onnxruntime-cpu', or 'onnxruntime-cuda' / '-tensorrt' when a GPU provider is active."""
+    return "onnxruntime-" + runner.providers[0].replace("ExecutionProvider", "").lower()
+
+
+def load_tensorrt(model: Any, onnx_path: Callable[[], Any], cache_dir: Any, precision: str, device: Any,
+                  min_centers: int, max_centers: int, max_points: int):
+    """A TensorRT engine (cached) of the model's exported graph over the predictor's whole range."""
+    from .export import OUTPUT_NAMES
+    from .tensorrt_engine import TensorRTRunner, engine_for_model, tensorrt_module
+    import torch
+    if device.type != "cuda":
+        raise RuntimeError("no CUDA device" if not torch.cuda.is_available() else "device set to cpu")
+    tensorrt_module()
+    data, names = engine_for_model(model, onnx_path(), cache_dir, precision, min_centers, max_centers, max_points)
+    return TensorRTRunner(data, names, OUTPUT_NAMES)

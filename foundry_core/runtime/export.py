@@ -39,9 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.backbone import BackboneOutput, PointBackbone
 from ..models.heads import SegmentationHead, TaskModel
-from ..models.student import FoundryStudent
 from ..models.tokenizer import Tokens
 
 log = logging.getLogger(__name__)
@@ -72,12 +70,12 @@ class GraphSignature:
 
 def signature_of(model: TaskModel) -> GraphSignature:
     backbone = model.backbone
-    if not isinstance(backbone, (FoundryStudent, PointBackbone)):
+    if not backbone.exportable:
         raise TypeError(f"ONNX export supports teacher backbones and Foundry students, not "
                         f"{type(backbone).__name__} (token-reduction baselines run in PyTorch only)")
     seg = isinstance(model.head, SegmentationHead)
-    return GraphSignature(gated=isinstance(backbone, FoundryStudent) and backbone.gate is not None,
-                          segmentation=seg, category=seg and model.head.category is not None)
+    return GraphSignature(gated=backbone.budget_adjustable, segmentation=seg,
+                          category=seg and model.head.category is not None)
 
 
 class ExportGraph(nn.Module):
@@ -96,17 +94,10 @@ class ExportGraph(nn.Module):
         tok = Tokens(tokens=tokens, pos=pos, centers=centers, center_idx=None, group_idx=None, groups=groups)
         if self.sig.gated:
             out = backbone.encode_slots(tok, x["slots"], x["fusion_threshold"])
-        elif isinstance(backbone, FoundryStudent):
+        else:
             out = backbone.encode(tok)
-        else:
-            out = BackboneOutput(tokens=tok, encoded=backbone.encoder(tokens, pos))
         logits = head(out, x.get("points"), x.get("category"), x.get("nn_idx"))
-        if isinstance(backbone, FoundryStudent):
-            segments, tie = out.segments, out.tokens_in_encoder
-        else:
-            ones = torch.ones_like(tokens[..., 0], dtype=torch.int64)          # (B, c)
-            segments, tie = torch.cumsum(ones, dim=1) - 1, ones.sum(1)
-        return logits, out.last, segments, tie
+        return logits, out.last, out.segments, out.tokens_in_encoder
 
 
 def example_inputs(model: TaskModel, batch: int = 2, num_centers: int | None = None, budget: int | None = None,

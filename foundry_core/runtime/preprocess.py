@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..config import ConfigError
+from ..typed_yaml import ConfigError
 
 
 @dataclass

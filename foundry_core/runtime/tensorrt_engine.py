@@ -239,7 +239,7 @@ def engine_for_model(model, onnx_path: str | Path, cache_dir: str | Path, precis
     c in [min_centers, max_centers], budgets from the model's s (or min_centers) up, <= max_points."""
     names = signature_of(model).input_names
     tok = model.backbone.tokenizer
-    s = getattr(model.backbone, "num_supertokens", min_centers)
+    s = model.backbone.budget_range(min_centers)[0]           # the smallest budget: s (students) or c
     profile = profile_for(min_centers, max_centers, s, max_points, tok.group_size, tok.in_channels)
     return load_or_build(onnx_path, Path(cache_dir) / "engines", profile, precision, names), names
 

@@ -12,15 +12,32 @@ class FrameReport:
 
     points_in: int                  # points given (including non-finite ones)
     points_used: int                # points that reached the tokenizer (after crop / voxel / cap)
-    points_dropped: int             # non-finite or cropped points
+    points_unlabelled: int          # non-finite or outside the crop box / range gate (label -1)
     tokens_in_encoder: int          # max over the batch of tokens that entered the encoder
     token_budget: int               # the budget this call ran with (c when unbudgeted)
-    fusion_ratio: float             # the fusion threshold r in effect (nan when budget-driven)
+    fusion_threshold: float         # the gate's fusion threshold r in effect (nan: no gate)
     num_centers: int                # c chosen for this cloud
     backend: str                    # e.g. "torch-cpu", "torch-cuda", "onnxruntime-cpu"
     precision: str                  # "fp32" / "fp16"
     model_hash: str                 # sha256 prefix of the model file
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, tokenize, encode, head, total
+
+
+@dataclass
+class NetworkOutput:
+    """What a runner (PyTorch eager or an exported graph) returns for one cloud of M used points
+    and c token centers, in the model's frame."""
+
+    labels: np.ndarray              # (M,) int32 label of every used point
+    confidence: np.ndarray          # (M,) float32 its probability
+    centers: np.ndarray             # (c, 3) float32 token centers
+    token_segments: np.ndarray      # (c,) int32 SuperToken id of every token
+    embeddings: np.ndarray          # (c, D) float32 output tokens
+    tokens_in_encoder: int          # tokens that entered the encoder
+    group_idx: np.ndarray           # (c, k) int64 kNN group of every center (indices into the used points)
+    nearest: np.ndarray             # (M,) int64 nearest center of every used point
+    tokenized_at: float             # time.perf_counter() after tokenization (grouping in graph runs)
+    encoded_at: float               # time.perf_counter() after the encoder (graph runs: after the graph)
 
 
 @dataclass

@@ -7,9 +7,10 @@ and deterministic by seed.
     points, labels = LidarSensor().scan(scene, (0, 0, 0), rng=1)    # (N, 4) x y z intensity, (N,)
     xyz, labels = DepthCamera().capture(scene, (0, 0, 0), rng=1)    # (H, W, 3) NaN, (H, W) -1
     for frame in SensorStream(scene, LidarSensor(), rate_hz=10, num_frames=20): ...
-    shapes = generate_scene_set(200, seed=0, sensor="lidar")        # ShapeSet for scene segmentation
+
+The data source built on it (captures as a ShapeSet for scene segmentation) is
+``foundry_core.data.sim_scenes``; this package does not import ``foundry_core.data``.
 """
-from .dataset import generate_scene_set, load_sim_scenes
 from .depth_camera import DepthCamera, DepthCameraConfig
 from .frames import BODY_FROM_OPTICAL, as_pose, planar_pose, rotate, transform_points
 from .lidar import LidarConfig, LidarSensor
@@ -23,6 +24,5 @@ __all__ = [
     "Plane", "Box", "Cylinder", "Sphere", "Primitive", "RayHits", "cast_rays", "tile_order", "direction_order",
     "LidarConfig", "LidarSensor", "DepthCameraConfig", "DepthCamera",
     "SensorStream", "SimFrame", "CirclePath", "LinePath",
-    "generate_scene_set", "load_sim_scenes",
     "planar_pose", "as_pose", "rotate", "transform_points", "BODY_FROM_OPTICAL",
 ]

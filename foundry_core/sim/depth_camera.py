@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.augment import rotation_about
+from ..geometry import rotation_about
 from .frames import BODY_FROM_OPTICAL, as_pose, rotate
 from .lidar import as_rng
 from .primitives import cast_rays, tile_order

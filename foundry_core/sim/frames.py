@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.augment import rotation_about
+from ..geometry import rotation_about
 
 # camera optical frame -> camera body frame (x forward, y left, z up)
 BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0],

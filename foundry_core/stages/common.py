@@ -7,8 +7,11 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from ..config import to_dict
+from ..configs import StudentConfig
 from ..data.point_dataset import PointCloudDataset
+from ..models.backbone import Backbone, PointBackbone
+from ..models.build import build_student
+from ..typed_yaml import to_dict
 
 
 def decay_groups(module: nn.Module, **extra) -> list[dict]:
@@ -25,6 +28,11 @@ def decay_groups(module: nn.Module, **extra) -> list[dict]:
 def eval_view(ds: PointCloudDataset) -> PointCloudDataset:
     """The same clouds without augmentation and with deterministic resampling (for probes)."""
     return PointCloudDataset(ds.shapes, ds.num_points, None, seed=ds.seed, with_seg=ds.with_seg, train=False)
+
+
+def student_for(sc: StudentConfig, teacher: PointBackbone, train_set: PointCloudDataset) -> Backbone:
+    """models.build.build_student with the training clouds K-Means prototypes are fitted on."""
+    return build_student(sc, teacher, eval_view(train_set) if sc.kind == "kmeans" else None)
 
 
 def prepare_run_dir(out_dir: str | Path, cfg) -> Path:

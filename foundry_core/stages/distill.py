@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, to_dict
+from ..typed_yaml import ConfigError, to_dict
 from ..configs import DistillConfig
 from ..data.sources import make_datasets
-from ..models.backbone import BackboneOutput, PointBackbone
+from ..models.backbone import Backbone, BackboneOutput, PointBackbone
 from ..models.heads import TaskModel
-from ..models.io import load_backbone, save_student, save_task_model
-from ..models.student import FoundryStudent, StudentOutput
+from ..models.io import load_backbone, load_task_model, save_student, save_task_model
+from ..models.student import StudentOutput
 from ..train.probe import linear_probe
 from ..train.trainer import Trainer
-from .common import decay_groups, eval_view, prepare_run_dir
+from .common import decay_groups, eval_view, prepare_run_dir, student_for
 
 
 class Distiller(nn.Module):
@@ -34,7 +34,7 @@ class Distiller(nn.Module):
     -> (loss, distillation loss, student output). With a teacher head (loss kl) the student is
     trained on the head's logits through its own trainable copy of the head."""
 
-    def __init__(self, teacher: PointBackbone, student: FoundryStudent, loss: str = "smooth_l1",
+    def __init__(self, teacher: PointBackbone, student: Backbone, loss: str = "smooth_l1",
                  teacher_head: nn.Module | None = None, temperature: float = 4.0):
         super().__init__()
         self.teacher, self.student, self.loss = teacher, student, loss
@@ -122,27 +122,6 @@ class DistillTask:
         return decay_groups(model.student) + head
 
 
-def build_student(cfg: DistillConfig, teacher: PointBackbone, train_set=None) -> nn.Module:
-    """The Foundry student, or a token-reduction baseline (same interface) when student.kind says so."""
-    sc = cfg.student
-    if sc.kind == "foundry":
-        student = FoundryStudent.from_teacher(
-            teacher, sc.supertokens, student_cfg=sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
-            qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm, cau_skip=sc.cau_skip,
-            gate_reg_weight=sc.gate_lambda, dso_similarity=sc.dso_similarity)
-        return student.freeze_encoder(sc.frozen_student)
-    from ..models.baselines import BASELINES
-    size = {"random": "num_keep", "fewer_centers": "num_centers", "tome": "target_tokens",
-            "kmeans": "num_prototypes"}[sc.kind]
-    student = BASELINES[sc.kind].from_teacher(teacher, student_cfg=sc.model, freeze_tokenizer=sc.freeze_tokenizer,
-                                              **{size: sc.supertokens})
-    if sc.kind == "kmeans":
-        if train_set is None:
-            raise ValueError("K-Means prototypes need the training set to fit on")
-        student.fit(None, eval_view(train_set))
-    return student.freeze_encoder(sc.frozen_student)
-
-
 def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     """Distill, then export the student to <out_dir>/student.safetensors (a drop-in backbone)."""
     if not cfg.teacher:
@@ -152,7 +131,6 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.run.seed)
     teacher_head, task_meta = None, None
     if cfg.loss == "kl":
-        from ..runtime.predictor import load_task_model
         task_model, task_meta = load_task_model(cfg.teacher)
         teacher, teacher_head = task_model.backbone, task_model.head
         if (task_meta["task"] != "cls") != cfg.data.with_seg:
@@ -160,9 +138,10 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
                               f"{str(task_meta['task'] != 'cls').lower()}")
     else:
         teacher = load_backbone(cfg.teacher)
-    if isinstance(teacher, FoundryStudent):
+    if teacher.backbone_kind != "teacher":
         raise ValueError(f"{cfg.teacher} is a distilled student; distill from a teacher backbone")
-    model = Distiller(teacher, build_student(cfg, teacher, train_set), cfg.loss, teacher_head, cfg.temperature)
+    model = Distiller(teacher, student_for(cfg.student, teacher, train_set), cfg.loss, teacher_head,
+                      cfg.temperature)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
     history = trainer.fit(resume=resume)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, to_dict
+from ..typed_yaml import ConfigError, to_dict
 from ..configs import DataConfig, DistillConfig, FinetuneConfig, PretrainConfig, ProbeConfig
 from ..data.sources import make_datasets
 from ..models.backbone import pooled_features
@@ -37,8 +37,8 @@ from ..models.io import load_backbone
 from ..models.tokenizer import PointTokenizer
 from ..train.probe import fit_linear_probe, select_C
 from ..train.seg_probe import PointGeometry, SegProbeConfig, fit_seg_probe, point_geometry
-from .common import eval_view, write_json
-from .distill import build_student, run_distill
+from .common import eval_view, student_for, write_json
+from .distill import run_distill
 from .finetune import run_finetune
 from .pretrain import run_pretrain
 
@@ -288,7 +288,7 @@ class DistillTables:
                 dcfg.student.kind, dcfg.student.supertokens, dcfg.run.seed = kind, s_red, seed
                 torch.manual_seed(seed)
                 train_set = make_datasets(cfg.distill.data, seed)[0] if kind == "kmeans" else None
-                return build_student(dcfg, teacher, train_set)
+                return student_for(dcfg.student, teacher, train_set)
             jobs.append((name, make, {}, None))
         loaded: dict[str, torch.nn.Module] = {}         # one load per checkpoint (a gate serves many rows)
         for name, path in paths.items():

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from ..config import from_dict
+from ..typed_yaml import from_dict
 from ..configs import DataConfig, FinetuneConfig, ProbeConfig
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
 from ..models.io import build_backbone, load_backbone, model_config_of
-from ..train.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from ..train.probe import probe_scores
 from .common import eval_view
-from .finetune import build_task_model, evaluate_task
+from ..models.build import build_task_model
+from .finetune import evaluate_task
 
 
 def run_evaluate(model_path: str, data: DataConfig, seed: int = 0) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import to_dict
+from ..typed_yaml import to_dict
 from ..configs import FinetuneConfig, PretrainConfig
 from .common import write_json
 from .evaluate import run_probe

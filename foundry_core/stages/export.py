@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..runtime.export import ExportGraph, example_inputs, export_onnx, signature_of, to_numpy
-from ..runtime.predictor import load_task_model
+from ..models.io import load_task_model
 
 log = logging.getLogger(__name__)
 

@@ -8,35 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import to_dict
+from ..typed_yaml import to_dict
 from ..configs import FinetuneConfig
 from ..data.point_dataset import PointCloudDataset
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
-from ..models.heads import ClassificationHead, SegmentationHead, TaskModel
+from ..models.build import build_task_model, head_options
+from ..models.heads import TaskModel
 from ..models.io import load_backbone, save_task_model
 from ..train.metrics import accuracy, confusion, instance_part_miou, mean_iou
 from ..train.trainer import Trainer
 from .common import decay_groups, prepare_run_dir
-
-
-def build_task_model(cfg: FinetuneConfig, backbone: PointBackbone, shapes) -> TaskModel:
-    """Backbone + the head of cfg.task sized for the dataset's classes."""
-    if cfg.task == "cls":
-        head = ClassificationHead(backbone.dim, shapes.num_classes, cfg.head_dropout)
-    else:
-        if shapes.seg_classes is None:
-            raise ValueError(f"task {cfg.task} needs per-point labels, but {shapes.name} has none")
-        cats = shapes.num_classes if (cfg.task == "partseg" and cfg.category_embedding) else 0
-        width = getattr(backbone, "hidden_dim", backbone.dim)   # a student's hidden states have its encoder width
-        head = SegmentationHead(width, len(shapes.seg_classes), cfg.seg_layers, cats, cfg.head_dropout)
-    return TaskModel(backbone, head)
-
-
-def head_options(cfg: FinetuneConfig) -> dict:
-    """The FinetuneConfig fields that shape the head (stored with exported models)."""
-    return {"seg_layers": list(cfg.seg_layers), "category_embedding": cfg.category_embedding,
-            "head_dropout": cfg.head_dropout}
 
 
 @torch.no_grad()

@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import to_dict
+from ..typed_yaml import to_dict
 from ..configs import FinetuneConfig
 from ..runtime.predictor import Predictor, PredictorConfig
 from ..runtime.preprocess import PreprocessConfig
-from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..train.metrics import confusion, mean_iou
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default_sceneseg.safetensors"
 
 
 def scene_preprocess(cfg: FinetuneConfig) -> PreprocessConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import to_dict
+from ..typed_yaml import to_dict
 from ..configs import PretrainConfig
 from ..data.point_dataset import PointCloudDataset
 from ..data.sources import make_datasets

@@ -39,8 +39,9 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def shutdown_distributed() -> None:
+    """Leave the process group (if one was joined); called once when a CLI command ends."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

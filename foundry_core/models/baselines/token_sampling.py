@@ -85,7 +85,9 @@ class TokenReductionBackbone(FreezableBackbone):
     ``hidden_dim`` the encoder width (width of ``.encoded.hidden``).
     """
 
-    kind = "base"
+    kind = "base"               # the method's name (checkpoint metadata)
+    backbone_kind = "baseline"
+    exportable = False           # PyTorch only
 
     def __init__(self, tokenizer: PointTokenizer, encoder: TransformerEncoder, teacher_dim: int | None = None,
                  cfg: ModelConfig | None = None):

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data.shapeset import ShapeSet
-from .depth_camera import DepthCamera, DepthCameraConfig
-from .frames import rotate
-from .lidar import LidarConfig, LidarSensor
-from .scene import SIM_CLASSES, SceneConfig, generate_scene
+from ..sim.depth_camera import DepthCamera, DepthCameraConfig
+from ..sim.frames import rotate
+from ..sim.lidar import LidarConfig, LidarSensor
+from ..sim.scene import SIM_CLASSES, SceneConfig, generate_scene
+from .shapeset import ShapeSet
 
 SENSORS = ("lidar", "depth", "mixed")
 FRAMES = ("sensor", "base")

@@ -1,4 +1,4 @@
-"""A fake predictor with the contract of foundry_core.runtime.predictor.Predictor (no torch).
+"""FakePredictor: a fake with the contract of foundry_core.runtime.predictor.Predictor (no torch).
 
 labels = (x > 0); confidence 0.9 / 0.6; segments = int(first extra channel) when the input has
 extra channels (so tests can check that extra fields travel index-aligned), else (y > 0) + 10.
@@ -59,9 +59,9 @@ class FakePredictor:
         token_segments = np.arange(t, dtype=np.int32) % 4
         total_ms = (time.perf_counter() - t0) * 1e3
         report = FrameReport(
-            points_in=n, points_used=n, points_dropped=0, tokens_in_encoder=tokens,
+            points_in=n, points_used=n, points_unlabelled=0, tokens_in_encoder=tokens,
             token_budget=int(budget) if budget is not None else c,
-            fusion_ratio=float(fusion_threshold) if fusion_threshold is not None else math.nan,
+            fusion_threshold=float(fusion_threshold) if fusion_threshold is not None else math.nan,
             num_centers=c, backend=self.backend, precision=self.precision, model_hash=self.model_hash,
             timings_ms={"preprocess": 0.1 * total_ms, "tokenize": 0.2 * total_ms, "encode": 0.6 * total_ms,
                         "head": 0.1 * total_ms, "total": total_ms})

@@ -1,0 +1,72 @@
+"""Postprocessing: the network's answers on the M used points -> one answer for each of the N input
+rows (the mirror of preprocess.py; no torch).
+
+* used points: their own prediction;
+* finite points inside the crop box / range gate removed by the voxel filter or the max_points cap:
+  label, confidence and segment of their nearest used point (pykdtree, input frame);
+* non-finite points and finite points outside the crop box / range gate: label -1, confidence 0,
+  segment -1 (the model never saw them; -1 means "no prediction", not a class).
+
+Segments: the SuperToken id of the token whose kNN group holds the point (the group with the
+nearest center when several groups hold it; points in no group take the nearest center's token).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .preprocess import Preprocessed
+from .types import NetworkOutput
+
+
+def softmax_labels(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """logits (..., K) -> (argmax int32 (...), its softmax probability float32 (...))."""
+    z = logits.astype(np.float32) - logits.max(-1, keepdims=True)
+    prob = np.exp(z)
+    prob /= prob.sum(-1, keepdims=True)
+    return prob.argmax(-1).astype(np.int32), prob.max(-1).astype(np.float32)
+
+
+def point_tokens(group_idx: np.ndarray, xyz: np.ndarray, centers: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Token of every used point (M,): the group holding it with the nearest center, else `nearest`.
+    group_idx (c, k) into the M points, xyz (M, 3), centers (c, 3), nearest (M,)."""
+    c, k = group_idx.shape
+    members = group_idx.reshape(-1)
+    token = np.repeat(np.arange(c), k)
+    d = ((xyz[members].astype(np.float64) - centers[token].astype(np.float64)) ** 2).sum(1)
+    order = np.lexsort((token, d, members))
+    m_sorted = members[order]
+    first = np.ones(m_sorted.size, dtype=bool)
+    first[1:] = m_sorted[1:] != m_sorted[:-1]
+    out = np.asarray(nearest, dtype=np.int64).copy()
+    out[m_sorted[first]] = token[order][first]
+    return out
+
+
+def nearest_rows(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
+    """(Q, k) int64 indices of the k nearest reference rows of every query (pykdtree, xyz only,
+    nearest first; k is capped at the reference count)."""
+    from pykdtree.kdtree import KDTree
+    k = min(k, reference.shape[0])
+    _, idx = KDTree(np.ascontiguousarray(reference[:, :3], dtype=np.float32)).query(
+        np.ascontiguousarray(queries[:, :3], dtype=np.float32), k=k)
+    return idx.reshape(queries.shape[0], k).astype(np.int64)
+
+
+def postprocess(cloud: np.ndarray, pre: Preprocessed, net: NetworkOutput
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cloud (N, C) as given, its preprocessing and the network's output on the used points ->
+    labels (N,) int32, confidence (N,) float32, segments (N,) int32 (see the module docstring)."""
+    n = cloud.shape[0]
+    seg_used = net.token_segments[point_tokens(net.group_idx, pre.xyz, net.centers, net.nearest)]
+    labels = np.full(n, -1, dtype=np.int32)
+    confidence = np.zeros(n, dtype=np.float32)
+    segments = np.full(n, -1, dtype=np.int32)
+    used = pre.source_index
+    labels[used], confidence[used], segments[used] = net.labels, net.confidence, seg_used
+    removed = pre.in_region.copy()
+    removed[used] = False
+    ridx = np.flatnonzero(removed)
+    if ridx.size:
+        nn_used = nearest_rows(cloud[used], cloud[ridx])[:, 0]
+        labels[ridx], confidence[ridx], segments[ridx] = net.labels[nn_used], net.confidence[nn_used], seg_used[nn_used]
+    return labels, confidence, segments
