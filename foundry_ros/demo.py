@@ -53,7 +53,7 @@ def sim_stream(num_frames: int, seed: int, rate_hz: float):
 
 
 def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, source: str) -> dict:
-    from foundry_core.train.metrics import confusion, mean_iou
+    from foundry_core.metrics import confusion, mean_iou
     reps = sorted(state.reports, key=lambda r: r["frame_index"])
     lat = np.array([r["latency_ms"] for r in reps], dtype=np.float64)
     after = [r for r in reps if r["frame_index"] >= 10]

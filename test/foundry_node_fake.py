@@ -1,12 +1,12 @@
-"""Run the Foundry node with the FakePredictor (test helper; same CLI as foundry-node)."""
-import os
+"""Run the Foundry node with the FakePredictor (test helper; same CLI as foundry-node).
+
+Started as a child process by the tests, with test/ on PYTHONPATH (support.ros_session.with_test_path).
+"""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from support.fakes import FakePredictor
 
-from fake_predictor import FakePredictor  # noqa: E402
-
-from foundry_ros.node import main  # noqa: E402
+from foundry_ros.node import main
 
 
 def factory(model_path: str, device: str, precision: str, backend: str) -> FakePredictor:

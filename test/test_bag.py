@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foundry_ros import bag, bag_replay, dds
+from foundry_ros import bag, bag_replay
 from foundry_ros.process import stop_process
 from foundry_ros.pointcloud2 import decode_pointcloud2
-
-TEST_DIR = Path(__file__).resolve().parent
-ROOT = TEST_DIR.parent
+from support import REPO_ROOT
+from support.ros_session import TIMEOUT_S, local_dds, ros_session, spin_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
@@ -200,53 +199,22 @@ def test_cli_pack_and_info(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # With ROS: the CLI player and recorder in a child process, on local-only DDS
 
-TIMEOUT_S = 15.0
-
 
 @pytest.fixture
-def ros(tmp_path):
-    """(rclpy, test_msgs helpers, env): this process and the child share the local-only DDS env."""
-    rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (scripts/build_msgs.sh)")
+def ros_env(tmp_path):
+    """The local-only DDS env that this process and the child share (skips without ROS 2)."""
+    pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (scripts/build_msgs.sh)")
     pytest.importorskip("sensor_msgs.msg")
     pytest.importorskip("foundry_msgs.msg", reason="foundry_msgs not built (scripts/build_msgs.sh)")
-    if str(TEST_DIR) not in sys.path:
-        sys.path.insert(0, str(TEST_DIR))
-    import test_msgs  # noqa: E402  (helpers: _wait, _report, _label_map)
-
-    env = dds.ros_env(workdir=tmp_path / "ros")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in dds.ros_overrides(env).items():
-            mp.setenv(key, value)
-        for key in dds.REMOVED_KEYS + (dds.LEGACY_PROFILE_VAR,):
-            mp.delenv(key, raising=False)
-        yield rclpy, test_msgs, env
-    dds.remove_stale_shm_segments()
-
-
-@contextlib.contextmanager
-def ros_session(rclpy, name: str):
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    ctx = Context()
-    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node(name, context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    try:
-        yield node, ex
-    finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+    with local_dds(tmp_path / "ros") as env:
+        yield env
 
 
 @contextlib.contextmanager
 def cli(env, tmp_path: Path, *args: str):
     """foundry-bag ARGS in a child process; yields the Popen, stops it at the end."""
     log = open(tmp_path / "cli.log", "w+")
-    child = subprocess.Popen([sys.executable, "-m", "foundry_ros.bag_replay", *args], env=env, cwd=str(ROOT),
+    child = subprocess.Popen([sys.executable, "-m", "foundry_ros.bag_replay", *args], env=env, cwd=str(REPO_ROOT),
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
     child.log_text = lambda: (tmp_path / "cli.log").read_text()
     try:
@@ -256,8 +224,7 @@ def cli(env, tmp_path: Path, *args: str):
         log.close()
 
 
-def test_play_keeps_payload_and_timing(ros, tmp_path):
-    rclpy, helpers, env = ros
+def test_play_keeps_payload_and_timing(ros_env, tmp_path):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
@@ -269,15 +236,15 @@ def test_play_keeps_payload_and_timing(ros, tmp_path):
     bag.write_pointcloud_bag(tmp_path / "bag", frames)
     stored = [m.rawdata for m in bag.iter_pointclouds(tmp_path / "bag", ["/cam/points"])]
 
-    with ros_session(rclpy, "bag_test_listener") as (node, ex):
+    with ros_session("bag_test_listener") as (node, ex):
         got: list[tuple[float, bytes]] = []
         node.create_subscription(PointCloud2, "/test/replayed", lambda raw: got.append((time.monotonic(), raw)),
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE), raw=True)
-        with cli(env, tmp_path, "play", str(tmp_path / "bag"), "--topic", "/cam/points",
+        with cli(ros_env, tmp_path, "play", str(tmp_path / "bag"), "--topic", "/cam/points",
                  "--topic-map", "/cam/points:/test/replayed", "--rate", "1.0",
                  "--wait-for-subscribers", "1", "--start-delay", str(TIMEOUT_S)) as child:
-            helpers._wait(ex, lambda: len(got) >= len(stored) or child.poll() is not None, "the replayed clouds")
-            helpers._wait(ex, lambda: child.poll() is not None, "the player to exit")
+            spin_until(ex, lambda: len(got) >= len(stored) or child.poll() is not None, "the replayed clouds")
+            spin_until(ex, lambda: child.poll() is not None, "the player to exit")
             assert child.returncode == 0, child.log_text()
             assert f"published {len(stored)} messages" in child.log_text()
     # Byte for byte, in order, nothing from /other. Fast DDS pads a serialized message with zeros to
@@ -291,11 +258,11 @@ def test_play_keeps_payload_and_timing(ros, tmp_path):
     np.testing.assert_allclose(np.diff(arrivals), gaps, atol=0.12)
 
 
-def test_record_outputs(ros, tmp_path):
-    rclpy, helpers, env = ros
+def test_record_outputs(ros_env, tmp_path):
     from foundry_msgs.msg import InferenceReport, LabelMap
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
+    from support.msg_samples import sample_label_map, sample_report
 
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -303,22 +270,22 @@ def test_record_outputs(ros, tmp_path):
     clouds = [bag.default_typestore().serialize_cdr(bag.pointcloud2_message(p, s, f), bag.POINTCLOUD2).tobytes()
               for s, _, p, f in _clouds()[:3]]
     out = tmp_path / "recorded"
-    with ros_session(rclpy, "bag_test_talker") as (node, ex):
+    with ros_session("bag_test_talker") as (node, ex):
         pub_report = node.create_publisher(InferenceReport, "/test/report", reliable)
         pub_labels = node.create_publisher(LabelMap, "/test/labels", latched)
         pub_points = node.create_publisher(PointCloud2, "/test/points", reliable)
-        pub_labels.publish(helpers._label_map())  # before the recorder exists: needs transient local
+        pub_labels.publish(sample_label_map())  # before the recorder exists: needs transient local
         total = 1 + 3 + len(clouds)
-        with cli(env, tmp_path, "record", str(out), "--topics", "/test/report", "/test/labels", "test/points",
+        with cli(ros_env, tmp_path, "record", str(out), "--topics", "/test/report", "/test/labels", "test/points",
                  "--max-messages", str(total), "--duration", str(3 * TIMEOUT_S)) as child:
-            helpers._wait(ex, lambda: child.poll() is not None or (
+            spin_until(ex, lambda: child.poll() is not None or (
                 pub_report.get_subscription_count() > 0 and pub_points.get_subscription_count() > 0),
                 "the recorder's subscriptions")
             for i in range(3):
-                pub_report.publish(helpers._report(i))
+                pub_report.publish(sample_report(i))
             for raw in clouds:
                 pub_points.publish(raw)
-            helpers._wait(ex, lambda: child.poll() is not None, "the recorder to stop after its messages")
+            spin_until(ex, lambda: child.poll() is not None, "the recorder to stop after its messages")
             assert child.returncode == 0, child.log_text()
             assert f"recorded {total} messages" in child.log_text(), child.log_text()
 
@@ -331,11 +298,11 @@ def test_record_outputs(ros, tmp_path):
     assert [m.stamp_ns for m in msgs] == sorted(m.stamp_ns for m in msgs)
     reports = [m.deserialize(store) for m in msgs if m.topic == "/test/report"]
     assert [r.frame_index for r in reports] == [0, 1, 2]
-    want = helpers._report(1)
+    want = sample_report(1)
     assert (reports[1].backend, reports[1].points_in, reports[1].latency_ms) == (
         want.backend, want.points_in, pytest.approx(want.latency_ms))
     (labels,) = [m.deserialize(store) for m in msgs if m.topic == "/test/labels"]
-    assert [(e.id, e.name) for e in labels.entries] == [(e.id, e.name) for e in helpers._label_map().entries]
+    assert [(e.id, e.name) for e in labels.entries] == [(e.id, e.name) for e in sample_label_map().entries]
     recorded_clouds = [m for m in msgs if m.topic == "/test/points"]
     for m, (stamp, _, points, frame_id) in zip(recorded_clouds, _clouds()[:3], strict=True):
         _check_cloud(m._replace(stamp_ns=stamp), stamp, "/test/points", points, frame_id)

@@ -12,24 +12,22 @@ import pytest
 pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (scripts/build_msgs.sh)")
 pytest.importorskip("foundry_msgs.msg", reason="foundry_msgs not built (scripts/build_msgs.sh)")
 
-from conftest import SHARED_DATA  # noqa: E402
-from test_predictor import _export  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from support import REPO_ROOT, SHARED_DATA  # noqa: E402
+from support.exports import export_task_model  # noqa: E402
 KEYS = {"frames": int, "deadline_ms": float, "p50_ms": float, "p95_ms": float, "hit_rate_after_10": float,
         "mean_budget": float, "backend": str}
 
 
 def run_demo(out: Path, *args: str, timeout: float = 240) -> dict:
     proc = subprocess.run([sys.executable, "-m", "foundry_ros.demo", "--out", str(out), "--quiet", *args],
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
+                          cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "node.log").read_text()[-3000:]
     assert "[demo] summary:" in proc.stdout
     return json.loads((out / "demo.json").read_text())
 
 
 def test_demo_on_simulated_stream(tmp_path):
-    model = _export(tmp_path)                       # tiny random gated student (4 classes)
+    model = export_task_model(tmp_path)                     # tiny random gated student (4 classes)
     s = run_demo(tmp_path / "out", "--duration", "6", "--frames", "4", "--model", model,
                  "--param", "deadline_ms=2000.0")
     for key, typ in KEYS.items():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from foundry_core.train.metrics import accuracy, class_mean_accuracy, confusion, instance_part_miou, mean_iou
+from foundry_core.metrics import accuracy, class_mean_accuracy, confusion, instance_part_miou, mean_iou
 
 
 def test_accuracy():

@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -20,10 +19,11 @@ msgs = pytest.importorskip("foundry_msgs.msg", reason="foundry_msgs not built (s
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from std_msgs.msg import ColorRGBA, Header  # noqa: E402
 
 from foundry_ros import dds  # noqa: E402
 from foundry_ros.process import stop_process  # noqa: E402
+from support.msg_samples import sample_embeddings, sample_label_map, sample_report  # noqa: E402
+from support.ros_session import TIMEOUT_S, local_dds, ros_session, spin_until  # noqa: E402
 
 # rosidl's parser (pulled in by rclpy.serialization) imports lark-parser 0.12, which uses sre_parse.
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
@@ -34,9 +34,10 @@ LabelEntry, LabelMap = msgs.LabelEntry, msgs.LabelMap
 EXPECTED_FIELDS = {
     InferenceReport: {
         "header": "std_msgs/Header",
-        "tokens_in_encoder": "uint32", "token_budget": "uint32", "fusion_ratio": "float",
+        "tokens_in_encoder": "uint32", "token_budget": "uint32", "num_centers": "uint32",
+        "fusion_ratio": "float", "fusion_threshold": "float",
         "backend": "string", "precision": "string", "model_hash": "string",
-        "points_in": "uint32", "points_used": "uint32", "points_dropped": "uint32",
+        "points_in": "uint32", "points_used": "uint32", "points_dropped": "uint32", "points_unlabelled": "uint32",
         "latency_ms": "float", "deadline_ms": "float",
         "preprocess_ms": "float", "tokenize_ms": "float", "encode_ms": "float", "head_ms": "float",
         "publish_ms": "float",
@@ -51,8 +52,6 @@ EXPECTED_FIELDS = {
     LabelMap: {"header": "std_msgs/Header", "model_hash": "string",
                "entries": "sequence<foundry_msgs/LabelEntry>"},
 }
-
-TIMEOUT_S = 15.0  # per wait; matching on loopback normally takes 0.05-3 s
 
 
 @pytest.mark.parametrize("cls", list(EXPECTED_FIELDS), ids=lambda c: c.__name__)
@@ -87,32 +86,7 @@ def test_field_checks_on_request():
         TokenEmbeddings(check_fields=True, features=["x"])
 
 
-def _report(frame: int) -> InferenceReport:
-    return InferenceReport(
-        header=Header(frame_id="lidar"), tokens_in_encoder=96 + frame, token_budget=128,
-        fusion_ratio=0.75, backend="torch-cpu", precision="fp32", model_hash="abc123",
-        points_in=100_000, points_used=8192, points_dropped=91_808, latency_ms=41.5,
-        deadline_ms=50.0, preprocess_ms=3.0, tokenize_ms=11.0, encode_ms=20.0, head_ms=5.0,
-        publish_ms=2.5, frame_index=frame, frames_dropped_stale=1)
-
-
-def _label_map() -> LabelMap:
-    names = ["floor", "wall", "chair", "table"]
-    return LabelMap(model_hash="abc123", entries=[
-        LabelEntry(id=i * 2, name=n, color=ColorRGBA(r=i / 4, g=0.5, b=1 - i / 4, a=1.0))
-        for i, n in enumerate(names)])
-
-
-def _embeddings(n: int, d: int, seed: int = 0) -> TokenEmbeddings:
-    rng = np.random.default_rng(seed)
-    m = TokenEmbeddings(header=Header(frame_id="lidar"), num_tokens=n, embedding_dim=d, model_hash="abc123")
-    m.centers_xyz = rng.standard_normal(n * 3).astype(np.float32)
-    m.features = rng.standard_normal(n * d).astype(np.float32)
-    m.segment_of_token = rng.integers(-1, n // 4, n).astype(np.int32)
-    return m
-
-
-@pytest.mark.parametrize("make", [lambda: _report(3), _label_map, lambda: _embeddings(64, 32)],
+@pytest.mark.parametrize("make", [lambda: sample_report(3), sample_label_map, lambda: sample_embeddings(64, 32)],
                          ids=["InferenceReport", "LabelMap", "TokenEmbeddings"])
 def test_serialization_round_trip(make):
     m = make()
@@ -122,7 +96,7 @@ def test_serialization_round_trip(make):
 
 def test_token_embeddings_numpy_views():
     n, d = 100, 16
-    m = _embeddings(n, d)
+    m = sample_embeddings(n, d)
     back = deserialize_message(serialize_message(m), TokenEmbeddings)
     features = np.frombuffer(back.features, dtype=np.float32).reshape(back.num_tokens, back.embedding_dim)
     centers = np.frombuffer(back.centers_xyz, dtype=np.float32).reshape(-1, 3)
@@ -141,8 +115,7 @@ PUBLISHER = textwrap.dedent("""
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
-    sys.path[:0] = {test_dir!r}
-    from test_msgs import _embeddings, _label_map, _report
+    from support.msg_samples import sample_embeddings, sample_label_map, sample_report
     from foundry_msgs.msg import InferenceReport, LabelMap, TokenEmbeddings
 
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
@@ -153,7 +126,7 @@ PUBLISHER = textwrap.dedent("""
     pub_report = node.create_publisher(InferenceReport, "foundry/report", reliable)
     pub_emb = node.create_publisher(TokenEmbeddings, "foundry/embeddings", reliable)
     pub_labels = node.create_publisher(LabelMap, "foundry/label_map", latched)
-    pub_labels.publish(_label_map())          # once, before anyone listens
+    pub_labels.publish(sample_label_map())    # once, before anyone listens
     print("READY", flush=True)
 
     deadline = time.monotonic() + {timeout}
@@ -161,10 +134,10 @@ PUBLISHER = textwrap.dedent("""
         assert time.monotonic() < deadline, "no subscriber matched"
         rclpy.spin_once(node, timeout_sec=0.05)
     print("MATCHED", flush=True)
-    emb = _embeddings({n_tokens}, {dim}, seed=1)
+    emb = sample_embeddings({n_tokens}, {dim}, seed=1)
     frame = 0
     while True:                                   # until the test writes a line (or closes stdin)
-        pub_report.publish(_report(frame))
+        pub_report.publish(sample_report(frame))
         if pub_emb.get_subscription_count():
             pub_emb.publish(emb)
         frame += 1
@@ -179,23 +152,8 @@ PUBLISHER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def ros_env(tmp_path_factory):
     """The local-only DDS environment, for the child and (before rclpy.init) for this process."""
-    env = dds.ros_env(workdir=tmp_path_factory.mktemp("ros"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in dds.ros_overrides(env).items():
-            mp.setenv(key, value)
-        for key in dds.REMOVED_KEYS + (dds.LEGACY_PROFILE_VAR,):
-            mp.delenv(key, raising=False)
+    with local_dds(tmp_path_factory.mktemp("ros")) as env:
         yield env
-    dds.remove_stale_shm_segments()
-
-
-def _wait(executor, predicate, what: str, timeout: float = TIMEOUT_S):
-    """Spin until predicate() holds; fail after timeout (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        executor.spin_once(timeout_sec=0.05)
 
 
 def _read_line(child: subprocess.Popen, timeout: float) -> str:
@@ -213,57 +171,43 @@ def _read_line(child: subprocess.Popen, timeout: float) -> str:
 
 
 def test_pub_sub_between_processes(ros_env, tmp_path):
-    from pathlib import Path
-
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
     n_tokens, dim = 1024, 256  # 1 MiB of features in one message
     script = tmp_path / "publisher.py"
-    script.write_text(PUBLISHER.format(test_dir=[str(Path(__file__).parent)], timeout=TIMEOUT_S,
-                                       n_tokens=n_tokens, dim=dim))
+    script.write_text(PUBLISHER.format(timeout=TIMEOUT_S, n_tokens=n_tokens, dim=dim))
     child = subprocess.Popen([sys.executable, str(script)], env=ros_env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ctx = Context()
-    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node("foundry_test_subscriber", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
     try:
-        assert _read_line(child, TIMEOUT_S) == "READY", "publisher did not start"
-        reports, embeddings, label_maps = [], [], []
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        sub = node.create_subscription(InferenceReport, "foundry/report", reports.append, reliable)
-        _wait(ex, lambda: sub.get_publisher_count() > 0, "the publisher to match")
-        _wait(ex, lambda: len(reports) >= 3, "three InferenceReports")
-        first = reports[0]
-        assert first == _report(first.frame_index)
-        frames = [r.frame_index for r in reports]
-        assert frames == sorted(set(frames)), frames  # in order, no duplicates
+        with ros_session("foundry_test_subscriber") as (node, ex):
+            assert _read_line(child, TIMEOUT_S) == "READY", "publisher did not start"
+            reports, embeddings, label_maps = [], [], []
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            sub = node.create_subscription(InferenceReport, "foundry/report", reports.append, reliable)
+            spin_until(ex, lambda: sub.get_publisher_count() > 0, "the publisher to match")
+            spin_until(ex, lambda: len(reports) >= 3, "three InferenceReports")
+            first = reports[0]
+            assert first == sample_report(first.frame_index)
+            frames = [r.frame_index for r in reports]
+            assert frames == sorted(set(frames)), frames  # in order, no duplicates
 
-        node.create_subscription(TokenEmbeddings, "foundry/embeddings", embeddings.append, reliable)
-        _wait(ex, lambda: len(embeddings) >= 1, "a TokenEmbeddings message")
-        assert embeddings[0] == _embeddings(n_tokens, dim, seed=1)
+            node.create_subscription(TokenEmbeddings, "foundry/embeddings", embeddings.append, reliable)
+            spin_until(ex, lambda: len(embeddings) >= 1, "a TokenEmbeddings message")
+            assert embeddings[0] == sample_embeddings(n_tokens, dim, seed=1)
 
-        # Late joiner: the LabelMap was published once, long before this subscription existed.
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        node.create_subscription(LabelMap, "foundry/label_map", label_maps.append, latched)
-        _wait(ex, lambda: len(label_maps) >= 1, "the transient-local LabelMap")
-        assert label_maps[0] == _label_map()
-        assert len(label_maps) == 1
+            # Late joiner: the LabelMap was published once, long before this subscription existed.
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            node.create_subscription(LabelMap, "foundry/label_map", label_maps.append, latched)
+            spin_until(ex, lambda: len(label_maps) >= 1, "the transient-local LabelMap")
+            assert label_maps[0] == sample_label_map()
+            assert len(label_maps) == 1
 
-        child.stdin.write("stop\n")
-        child.stdin.flush()
-        out, err = child.communicate(timeout=TIMEOUT_S)
-        assert child.returncode == 0, err
-        assert "MATCHED" in out and "DONE" in out, (out, err)
+            child.stdin.write("stop\n")
+            child.stdin.flush()
+            out, err = child.communicate(timeout=TIMEOUT_S)
+            assert child.returncode == 0, err
+            assert "MATCHED" in out and "DONE" in out, (out, err)
     finally:
         stop_process(child, timeout=5)
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
 
 
 def test_child_sees_the_safe_environment(ros_env):

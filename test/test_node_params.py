@@ -2,7 +2,6 @@
 plus the shipped config/foundry.yaml and launch/foundry.launch.py checked against them."""
 from __future__ import annotations
 
-import math
 import py_compile
 import sys
 import types
@@ -106,13 +105,30 @@ def test_deadline_from_parameter_or_sensor_period():
     assert est.period_s == pytest.approx(0.1)
 
 
-def test_latency_percentiles():
-    stats = P.LatencyStats(window=100)
-    assert math.isnan(stats.percentile(50))
-    for v in range(1, 101):
-        stats.add(v / 1000)
-    assert stats.percentile(50) == pytest.approx(0.050)
-    assert stats.percentile(95) == pytest.approx(0.095)
+def test_plan_change_gives_the_new_set_and_the_controller_changes():
+    cur = P.default_params()
+    est = P.PeriodEstimator()
+    new_p, ctl = P.plan_change(cur, {"deadline_ms": 80, "setpoint": 0.5}, est, 16, 2048)
+    assert new_p["deadline_ms"] == 80.0 and isinstance(new_p["deadline_ms"], float) and new_p["setpoint"] == 0.5
+    assert ctl == {"setpoint": 0.5, "deadline_s": pytest.approx(0.08)}
+    assert cur["setpoint"] != 0.5  # the current set is not touched
+    _, ctl = P.plan_change(cur, {"deadline_ms": 0.0}, est)  # back to the sensor period (none measured yet)
+    assert ctl == {"deadline_s": P.DEFAULT_DEADLINE_S}
+    with pytest.raises(ValueError, match="read-only"):
+        P.plan_change(cur, {"model_path": "/other.pt"}, est)
+
+
+def test_frame_budget_fixed_or_controlled_and_deadline_following_the_period():
+    p = dict(P.default_params(), deadline_ms=0.0, initial_budget=300)
+    ctl = BudgetController(P.controller_config(p, deadline_s=0.1, model_min=16, model_max=2048))
+    assert P.frame_budget(ctl, p, 0.1) == (300, pytest.approx(0.1))
+    assert P.frame_budget(ctl, p, 0.101)[1] == pytest.approx(0.1)  # within 2 %: unchanged
+    assert P.frame_budget(ctl, p, 0.05)[1] == pytest.approx(0.05) and ctl.config.deadline_s == pytest.approx(0.05)
+    fixed = dict(p, deadline_ms=80.0, controller_enabled=False)
+    for _ in range(5):  # far under the deadline: the controller raises its budget
+        ctl.update(0.001, ctl.budget)
+    assert ctl.budget > 300
+    assert P.frame_budget(ctl, fixed, 0.2) == (300, pytest.approx(0.05))  # the parameter deadline is not touched
 
 
 def test_diagnostic_levels():

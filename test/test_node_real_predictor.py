@@ -2,18 +2,14 @@
 Foundry-Gate student: PointCloud2 in, per-point labels aligned with every input point out."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 wheels not installed (scripts/build_msgs.sh)")
 pytest.importorskip("foundry_msgs.msg", reason="foundry_msgs not built (scripts/build_msgs.sh)")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_node_integration import make_cloud, node_harness, parse_output, random_cloud  # noqa: E402
-from test_predictor import SEG_CLASSES, _export  # noqa: E402
+from support.exports import SEG_CLASSES, export_task_model  # noqa: E402
+from support.node_harness import TOPIC, make_cloud, node_harness, parse_output, random_cloud  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
@@ -21,12 +17,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real_node")
-    model = _export(tmp)
+    model = export_task_model(tmp)
     overrides = f"""
 foundry:
   ros__parameters:
     model_path: "{model}"
-    input_topics: ["/test/points"]
+    input_topics: ["{TOPIC}"]
     deadline_ms: 500.0
     max_age_s: 5.0
 """
@@ -46,6 +42,10 @@ def test_real_predictor_labels_every_input_point(node):
     assert (out["confidence"][valid] > 0).all() and (out["segment"][valid] >= 0).all()
     assert report.backend == "torch-cpu" and len(report.model_hash) == 12
     assert report.points_in == 2997 and 0 < report.tokens_in_encoder <= report.token_budget
+    assert report.points_dropped == report.points_in - report.points_used
+    assert 0 < report.tokens_in_encoder <= report.num_centers
+    assert report.fusion_ratio == pytest.approx(report.tokens_in_encoder / report.num_centers)
+    assert 0.0 <= report.fusion_threshold  # the gated student's r (its training threshold)
 
 
 def test_real_predictor_organised_cloud(node):

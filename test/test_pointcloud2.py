@@ -24,6 +24,7 @@ from foundry_ros.pointcloud2 import (
     PointCloud2Error,
     decode_pointcloud2,
     encode_pointcloud2_fields,
+    make_pointcloud2,
     pointcloud2_dtype,
     scatter_to_grid,
 )
@@ -436,6 +437,30 @@ def test_encode_errors():
 def test_encode_empty():
     specs, ps, data = encode_pointcloud2_fields({"x": np.zeros(0, np.float32), "y": np.zeros(0, np.float32)})
     assert ps == 8 and data == b"" and len(specs) == 2
+
+
+class _Cloud:  # a PointCloud2 look-alike with a default constructor
+    header = None
+
+
+def test_make_pointcloud2_builds_a_decodable_message():
+    xyz = np.arange(12, dtype=np.float32).reshape(4, 3)
+    label = np.array([0, -1, 2, 3], np.int32)
+    arrays = {"label": label, "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}
+    msg = make_pointcloud2(_Cloud, PF, arrays, height=2, width=2, order=["x", "y", "z", "label"],
+                           header="hdr", is_dense=False)
+    assert (msg.header, msg.height, msg.width, msg.is_bigendian, msg.is_dense) == ("hdr", 2, 2, False, False)
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "label"] and msg.point_step == 16
+    assert msg.row_step == 32 and len(msg.data) == 64
+    d = decode_pointcloud2(msg, extra=("label",))
+    np.testing.assert_array_equal(d.xyz, xyz)
+    np.testing.assert_array_equal(d.extra["label"], label)
+    assert make_pointcloud2(_Cloud, PF, {"x": np.zeros(0, np.float32)}, height=1, width=0).header is None
+
+
+def test_make_pointcloud2_checks_the_grid():
+    with pytest.raises(PointCloud2Error, match="does not match 3 points"):
+        make_pointcloud2(_Cloud, PF, {"x": np.zeros(3, np.float32)}, height=2, width=2)
 
 
 def test_round_trip_organised_with_scatter():

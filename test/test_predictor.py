@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from foundry_core.configs import ModelConfig
-from foundry_core.models.backbone import PointBackbone
-from foundry_core.models.heads import ClassificationHead, SegmentationHead, TaskModel
-from foundry_core.models.io import save_task_model
-from foundry_core.models.student import FoundryStudent
 from foundry_core.runtime.predictor import Predictor, label_colors
-from foundry_core.runtime.runners import tokenize
 from foundry_core.runtime.preprocess import PreprocessConfig, preprocess
-from support.exports import HEAD, SEG_CLASSES, cloud, export_task_model, scene_pre
+from foundry_core.runtime.runners import tokenize
+from support.exports import SEG_CLASSES, cloud, export_task_model, scene_pre
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
 from ..configs import ModelConfig
 from .backbone import Backbone, PointBackbone, encoder_kwargs

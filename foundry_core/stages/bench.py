@@ -236,7 +236,7 @@ def scene_predictors(cfg: BenchConfig, teacher: PointBackbone, only: str | None 
     layers = [depth // 3, 2 * depth // 3, depth]
 
     def predictor(backbone) -> Predictor:
-        head = SegmentationHead(getattr(backbone, "hidden_dim", backbone.dim), len(SIM_CLASSES), layers)
+        head = SegmentationHead(backbone.hidden_dim, len(SIM_CLASSES), layers)
         return Predictor(frozen(TaskModel(backbone, head)), meta,
                          PredictorConfig(preprocess=pre, backend="torch", device=cfg.torch_device.type))
 

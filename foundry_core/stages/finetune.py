@@ -16,7 +16,7 @@ from ..models.backbone import PointBackbone
 from ..models.build import build_task_model, head_options
 from ..models.heads import TaskModel
 from ..models.io import load_backbone, save_task_model
-from ..train.metrics import accuracy, confusion, instance_part_miou, mean_iou
+from ..metrics import accuracy, confusion, instance_part_miou, mean_iou
 from ..train.trainer import Trainer
 from .common import decay_groups, prepare_run_dir
 

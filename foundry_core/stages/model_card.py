@@ -16,7 +16,7 @@ from ..configs import FinetuneConfig
 from ..runtime.predictor import Predictor, PredictorConfig
 from ..runtime.preprocess import PreprocessConfig
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..train.metrics import confusion, mean_iou
+from ..metrics import confusion, mean_iou
 
 
 def scene_preprocess(cfg: FinetuneConfig) -> PreprocessConfig:

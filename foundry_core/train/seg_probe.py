@@ -15,7 +15,7 @@ from torch import nn
 
 from ..models.backbone import pooled_features
 from ..models.heads import interpolate, interpolation_weights
-from .metrics import confusion, instance_part_miou, mean_iou
+from ..metrics import confusion, instance_part_miou, mean_iou
 
 
 @dataclass

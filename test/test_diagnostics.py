@@ -1,0 +1,50 @@
+"""foundry_ros.diagnostics and the other output fields (label map, embeddings), without ROS."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from foundry_ros import params as P
+from foundry_ros.budget import BudgetController
+from foundry_ros.diagnostics import diagnostic_values, key_values
+from foundry_ros.embeddings import embeddings_fields
+from foundry_ros.frame_stats import FrameStats
+from foundry_ros.label_map import LabelRow, label_rows
+from foundry_ros.model import ModelInfo
+
+
+def test_diagnostic_values_from_counters_controller_and_parameters():
+    p = P.default_params()
+    ctl = BudgetController(P.controller_config(p, 0.1, 16, 2048))
+    stats = FrameStats(initial_budget=ctl.budget)
+    stats.received(replaced_stale=False)
+    stats.frame_done(0.25, 0.1, 100, 1024)  # over the deadline
+    stats.decode_error()
+    values = diagnostic_values(stats.snapshot(), ctl, p, ModelInfo(backend="fake"), None)
+    assert values.pop("level_msg") == (P.WARN, "last frame over deadline")
+    assert values["backend"] == "fake" and values["deadline_source"] == "sensor period"
+    assert (values["frames_received"], values["frames_processed"], values["decode_errors"]) == (1, 1, 1)
+    assert (values["budget"], values["min_budget"], values["max_budget"]) == (1024, 16, 2048)
+    assert values["latency_last_ms"] == 250.0 and np.isnan(values["sensor_period_ms"])
+    text = dict(key_values(values))
+    assert text["latency_p95_ms"] == "250.000" and text["sensor_period_ms"] == "nan"
+    assert text["controller_enabled"] == "True" and text["over_deadline_streak"] == "1"
+
+
+def test_label_rows_sorted_padded_and_negative_ids_left_out():
+    infos = [SimpleNamespace(id=2, name="car", color=(0.0, 1.0, 0.0)),
+             SimpleNamespace(id=-1, name="void", color=(0.0, 0.0, 0.0, 1.0)),
+             SimpleNamespace(id=0, name="ground", color=(1.0, 0.5, 0.0, 0.5))]
+    rows, warnings = label_rows(infos)
+    assert rows == [LabelRow(0, "ground", (1.0, 0.5, 0.0, 0.5)), LabelRow(2, "car", (0.0, 1.0, 0.0, 1.0))]
+    assert len(warnings) == 1 and "'void'" in warnings[0]
+
+
+def test_embeddings_fields_are_flat_arrays():
+    result = SimpleNamespace(embeddings=np.ones((5, 2, 4)), centers=np.zeros((5, 3)),
+                             token_segments=np.arange(5, dtype=np.int64))
+    f = embeddings_fields(result, "abc")
+    assert (f["num_tokens"], f["embedding_dim"], f["model_hash"]) == (5, 8, "abc")
+    assert f["features"].shape == (40,) and f["features"].dtype == np.float32
+    assert f["centers_xyz"].shape == (15,) and f["segment_of_token"].dtype == np.int32
