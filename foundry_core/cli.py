@@ -5,9 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .typed_yaml import ConfigError, load_config
 from .checkpoint import CheckpointError
 from .data.shapeset import DatasetFormatError
+from .typed_yaml import ConfigError, load_config
+
 
 def _config_dir() -> Path:
     """config/ of a source checkout, else the copy installed under <prefix>/share/foundry_ros/config."""
@@ -103,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .train.distributed import shutdown_distributed
+    from .train.trainer import NonFiniteLossError
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, CheckpointError, DatasetFormatError) as e:
+    except (ConfigError, CheckpointError, DatasetFormatError, NonFiniteLossError) as e:
         print(f"foundry {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

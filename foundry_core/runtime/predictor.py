@@ -50,7 +50,7 @@ from .backends import (BACKENDS, BackendChoice, load_onnxruntime, load_tensorrt,
 from .postprocess import postprocess
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .runners import GraphRunner, TorchRunner
-from .types import FrameReport, LabelInfo, NetworkOutput, PredictorResult
+from .types import FrameReport, LabelInfo, NetworkOutput, NonFiniteOutputError, PredictorResult
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,14 @@ def default_preprocess(task: str, num_groups: int) -> PreprocessConfig:
     if task in ("cls", "partseg"):
         return PreprocessConfig(normalize="unit_sphere", min_centers=num_groups, max_centers=num_groups)
     return PreprocessConfig()
+
+
+def check_finite(net: NetworkOutput) -> None:
+    """NonFiniteOutputError when the network's confidences or embeddings hold NaN / Inf."""
+    bad = [name for name, a in (("logits", net.confidence), ("embeddings", net.embeddings)) if not np.isfinite(a).all()]
+    if bad:
+        raise NonFiniteOutputError(f"the model produced non-finite {' and '.join(bad)} for this frame "
+                                   "(damaged weights or an input far outside the training range); outputs dropped")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -308,6 +316,7 @@ class Predictor:
         with torch.inference_mode(), self._autocast():
             pts = torch.from_numpy(pre.points).to(self.device).unsqueeze(0)
             net = self.runner(pts, pre.xyz, pre.num_centers, gen, b, r, category)
+        check_finite(net)
         t4 = time.perf_counter()
         labels, confidence, segments = postprocess(cloud, pre, net)
         t5 = time.perf_counter()

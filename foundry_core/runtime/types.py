@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The network produced NaN / Inf logits or embeddings for a frame (its outputs are not published)."""
+
+
 @dataclass
 class FrameReport:
     """What one predictor call did."""

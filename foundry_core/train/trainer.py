@@ -19,9 +19,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..checkpoint import (CheckpointError, add_prefix, load_checkpoint, load_state_strict, remove_stale_temp_files,
+                          save_checkpoint, split_prefix)
 from ..configs import OptimConfig, RunConfig
-from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_state_strict, save_checkpoint, split_prefix
 from .distributed import DistInfo, barrier, init_distributed, resolve_device
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN / Inf loss: the run stops and nothing is exported."""
 
 
 class Task(Protocol):
@@ -165,6 +170,8 @@ class Trainer:
         self._setup()
         start_epoch = 0
         ckpt = self.out / self.CKPT
+        if self.info.is_main:
+            remove_stale_temp_files(ckpt)
         if resume and ckpt.exists():
             start_epoch = self._resume(ckpt)
             self.log(f"[{self.stage}] resumed from {ckpt} at epoch {start_epoch}")
@@ -210,7 +217,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 loss, metrics = self.task.step(self.net, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{self.stage}] non-finite loss {loss.item()} at epoch {epoch + 1} step {i}")
+                raise NonFiniteLossError(
+                    f"[{self.stage}] non-finite loss {loss.item()} at epoch {epoch + 1} step {i}: training stopped and "
+                    f"nothing exported ({self.out / self.CKPT} keeps the last finished epoch, if any); "
+                    "lower optim.lr, set optim.grad_clip, or check the initial weights and the data")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.optim_cfg.grad_clip > 0:
