@@ -143,6 +143,32 @@ class PretrainConfig:
 
 
 @dataclass
+class OperatingPoint:
+    """One point of a scene model's compute range, cheapest first in a model's list: the points that
+    reach the network, the token centers c and the encoder token budget of a gated student.
+
+    Fine-tuning draws one per batch (so accuracy holds across the range); the exported model carries
+    the list, the model card adds each point's held-out mIoU and latency, and the node's controller
+    picks one per frame (foundry_ros/operating_points.py)."""
+
+    name: str
+    points: int                          # max points reaching the network (range-aware thinning above it)
+    centers: int                         # max token centers c
+    budget: int | None = None            # encoder token budget (gated students); None = every token
+    fusion_threshold: float | None = 2.0  # gate threshold r; > 1: the budget alone decides the merges
+    miou: float | None = None            # held-out mIoU % (written by the model card)
+    latency_ms: float | None = None      # median latency on the model card's machine
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("operating point needs a name")
+        if self.points < 1 or self.centers < 1:
+            raise ConfigError(f"operating point {self.name}: points and centers must be >= 1")
+        if self.budget is not None and self.budget < 1:
+            raise ConfigError(f"operating point {self.name}: budget must be >= 1 or null")
+
+
+@dataclass
 class FinetuneConfig:
     """Supervised fine-tuning of a backbone (pre-trained checkpoint or random init) with a head."""
 
@@ -157,6 +183,18 @@ class FinetuneConfig:
     seg_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
     category_embedding: bool = True   # partseg: add a learned object-category embedding
     class_weighting: Literal["none", "inverse_sqrt"] = "none"   # segmentation: weight rare classes up
+    # compute range of the model (scene models): each training batch runs at one of these points
+    # (points subsampled from data.num_points, c centers, budget); empty = the fixed model.num_groups
+    operating_points: list[OperatingPoint] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [op.name for op in self.operating_points]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"operating_points: names must be unique, got {names}")
+        for op in self.operating_points:
+            if op.points > self.data.num_points:
+                raise ConfigError(f"operating point {op.name}: points {op.points} > data.num_points "
+                                  f"{self.data.num_points} (the clouds training draws from)")
 
 
 @dataclass

@@ -58,5 +58,6 @@ def check_channels(in_channels: int | None, extra_fields: Sequence[str]) -> str 
         raise ValueError(f"the model needs {need} input channels (xyz + {need - 3}), extra_fields "
                          f"{list(extra_fields)} gives {have}: list the missing PointCloud2 fields in extra_fields")
     if need < have:
-        return f"extra_fields {list(extra_fields)} gives {have} channels, the model uses {need}: the extra ones are ignored"
+        return (f"extra_fields {list(extra_fields)} gives {have} channels, the model uses {need}: "
+                f"the extra ones are ignored")
     return None

@@ -55,7 +55,6 @@ driver publishes reliable. A reliable subscription cannot match a best-effort pu
 then logs the incompatible-QoS event. Outputs are published reliable, which matches subscribers
 of either reliability.
 """
-
 from __future__ import annotations
 
 import argparse

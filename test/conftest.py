@@ -1,19 +1,25 @@
-"""Shared fixtures: tiny configs that train in seconds on a 2-core CPU."""
+"""Shared fixtures (helpers and tiny configs live in the `support` package)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
-from support import SHARED_DATA  # noqa: F401  (re-exported for the tests that skip without ../shared)
 from support.configs import tiny_pretrain
-
 
 
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def single_thread(_threads):
+    """Tiny tensors: one intra-op thread (OpenMP contention with a concurrent job costs 100x, and two
+    threads gain nothing on these sizes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foundry_core.configs import ModelConfig
 from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.baselines import (BASELINES, FewerCenters, KMeansPrototypes, RandomTokenSampling,
                                            ToMeBackbone, ToMeEncoder, bipartite_soft_matching, build_baseline,
@@ -14,20 +13,16 @@ from foundry_core.models.encoder import TransformerEncoder
 from foundry_core.models.heads import ClassificationHead, SegmentationHead
 from foundry_core.models.sampling import knn
 
+from support.configs import tiny_model
+
 DIM, DEPTH, C, K, N = 32, 2, 32, 8, 128
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(_threads):
-    """Tiny tensors: one intra-op thread (OpenMP contention with a concurrent job costs 100x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cfg(**kw):
-    return ModelConfig(**{**dict(encoder="custom", dim=DIM, depth=DEPTH, heads=2, num_groups=C, group_size=K), **kw})
+    return tiny_model(**{"dim": DIM, "depth": DEPTH, "num_groups": C, "group_size": K, **kw})
 
 
 def _points(b=2, n=N, seed=0):

@@ -30,6 +30,7 @@ def run_demo(out: Path, *args: str, timeout: float = 240, quiet: bool = True) ->
     return json.loads((out / "demo.json").read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_demo_on_simulated_stream(tmp_path):
     model = export_task_model(tmp_path)                       # tiny random gated student (4 classes)
     s, stdout = run_demo(tmp_path / "out", "--duration", "10", "--frames", "4", "--model", model,

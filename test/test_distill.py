@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from foundry_core.stages.distill import run_distill
 from foundry_core.stages.evaluate import run_evaluate
 from foundry_core.stages.finetune import run_finetune
 
-from support.configs import tiny_distill, tiny_finetune
+from support.configs import tiny_data, tiny_distill, tiny_finetune
 
 
 @pytest.mark.parametrize("gate", [False, True])
@@ -81,9 +83,6 @@ def test_baselines_distill_in_the_same_loop_and_reload(tmp_path, tiny_teacher, k
 
 @pytest.mark.parametrize("task", ["cls", "partseg"])
 def test_specialist_kl_student_learns_the_teachers_task(tmp_path, tiny_teacher, task):
-    from dataclasses import replace
-
-    from support.configs import tiny_data
     teacher_model = tmp_path / "teacher_task"
     run_finetune(tiny_finetune(teacher_model, task=task, epochs=2, init=tiny_teacher))
     cfg = tiny_distill(tmp_path / "spec", str(teacher_model / "model.safetensors"), epochs=3)

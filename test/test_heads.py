@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from foundry_core.configs import ModelConfig
 from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.heads import ClassificationHead, SegmentationHead, TaskModel, propagate_to_points
+
+from support.configs import tiny_model
 
 DIM, DEPTH, B, N = 32, 2, 2, 64
 
 
 def _cfg():
-    return ModelConfig(encoder="custom", dim=DIM, depth=DEPTH, heads=2, num_groups=8, group_size=8)
+    return tiny_model(dim=DIM, depth=DEPTH, num_groups=8)
 
 
 def _points(b=B, n=N, seed=0):

@@ -7,7 +7,7 @@ from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.jepa import PointJEPA, ema_momentum, ema_update, sample_blocks, sequence_centers
 from foundry_core.stages.pretrain import run_pretrain
 
-from support.configs import tiny_model, tiny_pretrain
+from support.configs import tiny_jepa, tiny_model, tiny_pretrain
 
 
 def test_sequencer_is_greedy_nearest_from_min_sum():
@@ -55,7 +55,7 @@ def test_ema_update_math():
 
 
 def test_jepa_forward_gradients_only_reach_online_branch():
-    model = PointJEPA(PointBackbone(tiny_model()), JEPAConfig(predictor_dim=32, predictor_depth=1, predictor_heads=2))
+    model = PointJEPA(PointBackbone(tiny_model()), tiny_jepa())
     loss = model(torch.randn(4, 128, 3))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()

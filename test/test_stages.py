@@ -1,17 +1,21 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
+import yaml
 
 from foundry_core.cli import main
 from foundry_core.stages.evaluate import run_evaluate
 from foundry_core.stages.finetune import run_finetune
 from foundry_core.stages.pretrain import run_pretrain
+from foundry_core.typed_yaml import to_dict
 
 from support.configs import tiny_data, tiny_finetune, tiny_pretrain
 
 
+@pytest.mark.slow
 def test_finetune_on_generated_shapes_beats_chance(tmp_path):
     cfg = tiny_finetune(tmp_path, epochs=8, head_dropout=0.1, label_smoothing=0.0)
     cfg.optim.lr = 3e-3
@@ -56,15 +60,13 @@ def test_missing_dataset_names_expected_layout(tmp_path, capsys):
     assert "layout" in capsys.readouterr().err.lower()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     """torchrun with 2 gloo processes: trains, rank 0 alone writes the checkpoint and backbone."""
+    pre = replace(tiny_pretrain(tmp_path / "run", epochs=2, warmup_epochs=0, batch_size=8),
+                  data=tiny_data(synthetic_shapes=48))
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(
-        "model: {encoder: custom, dim: 32, depth: 2, heads: 2, num_groups: 16, group_size: 8}\n"
-        "data: {source: synthetic, synthetic_shapes: 48, num_points: 128}\n"
-        "optim: {epochs: 2, warmup_epochs: 0, batch_size: 8}\n"
-        "jepa: {predictor_dim: 32, predictor_depth: 1, predictor_heads: 2}\n"
-        f"run: {{out_dir: {tmp_path / 'run'}, eval_every: 0, progress: false}}\n")
+    cfg.write_text(yaml.safe_dump(to_dict(pre)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from foundry_core.configs import ModelConfig
 from foundry_core.models.backbone import PointBackbone
 from foundry_core.models.cau import CAU
 from foundry_core.models.dso import DSO
@@ -13,22 +12,16 @@ from foundry_core.models.gate import TokenGate, forced_merges, merge_mask
 from foundry_core.models.heads import ClassificationHead, SegmentationHead
 from foundry_core.models.student import FoundryStudent
 
+from support.configs import tiny_model
+
 DIM, DEPTH, C, N = 32, 2, 16, 64
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(_threads):
-    """Tensors here are tiny: one intra-op thread avoids OpenMP contention (100x slower when the
-    CPU is shared with a training job) and gains nothing on these sizes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cfg(**kw):
-    base = dict(encoder="custom", dim=DIM, depth=DEPTH, heads=2, num_groups=C, group_size=8)
-    return ModelConfig(**{**base, **kw})
+    return tiny_model(**{"dim": DIM, "depth": DEPTH, "num_groups": C, **kw})
 
 
 def _points(b=2, n=N, seed=0):

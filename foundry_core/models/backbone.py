@@ -59,9 +59,10 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None, budget: int | None = None,
-                fusion_threshold: float | None = None):
-        """points (B, N, C) -> the backbone's output: tokenize, then encode."""
-        tok = self.tokenizer(points, generator=generator)
+                fusion_threshold: float | None = None, num_centers: int | None = None):
+        """points (B, N, C) -> the backbone's output: tokenize (num_centers: c, default the
+        tokenizer's), then encode."""
+        tok = self.tokenizer(points, num_groups=num_centers, generator=generator)
         return self.encode(tok, budget=budget, fusion_threshold=fusion_threshold)
 
     @property

@@ -171,5 +171,6 @@ class TaskModel(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, points: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.backbone(points), points, category)
+    def forward(self, points: torch.Tensor, category: torch.Tensor | None = None, **compute) -> torch.Tensor:
+        """compute: num_centers / budget / fusion_threshold for the backbone (an operating point)."""
+        return self.head(self.backbone(points, **compute), points, category)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..typed_yaml import to_dict
-from ..configs import FinetuneConfig
+from ..configs import FinetuneConfig, OperatingPoint
 from ..data.point_dataset import PointCloudDataset
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
@@ -23,8 +23,9 @@ from .common import decay_groups, prepare_run_dir
 
 @torch.no_grad()
 def evaluate_task(model: TaskModel, dataset: PointCloudDataset, task: str, batch_size: int = 32,
-                  seed: int = 0) -> dict[str, float]:
-    """Test metrics: accuracy (cls) or mIoU (segmentation; partseg also instance mIoU)."""
+                  seed: int = 0, **compute) -> dict[str, float]:
+    """Test metrics: accuracy (cls) or mIoU (segmentation; partseg also instance mIoU).
+    compute: num_centers / budget / fusion_threshold of the backbone (an operating point)."""
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -32,7 +33,7 @@ def evaluate_task(model: TaskModel, dataset: PointCloudDataset, task: str, batch
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         pts = batch["points"].to(device)
         cat = batch["category"].to(device) if "category" in batch else None
-        logits = model.head(model.backbone(pts, generator=gen), pts, cat)
+        logits = model.head(model.backbone(pts, generator=gen, **compute), pts, cat)
         if task == "partseg" and dataset.shapes.category_of_seg is not None:
             allowed = torch.as_tensor(dataset.shapes.category_of_seg, device=device)[None, None, :] == cat[:, None, None]
             logits = logits.masked_fill(~allowed, float("-inf"))
@@ -54,24 +55,51 @@ def evaluate_task(model: TaskModel, dataset: PointCloudDataset, task: str, batch
 class SupervisedTask:
     """Trainer plug-in: (label-smoothed) cross-entropy, test metrics as evaluation."""
 
-    def __init__(self, cfg: FinetuneConfig, test_set: PointCloudDataset, class_weights: torch.Tensor | None = None):
+    def __init__(self, cfg: FinetuneConfig, test_set: PointCloudDataset, class_weights: torch.Tensor | None = None,
+                 gated: bool = False):
         self.cfg, self.test_set, self.class_weights = cfg, test_set, class_weights
+        self.gated = gated                # the backbone takes a token budget (operating points set it)
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cat = batch.get("category") if self.cfg.task == "partseg" else None
-        logits = net(batch["points"], cat)
         target = batch["label"] if self.cfg.task == "cls" else batch["seg"]
+        points, target, compute = self.operating_point_batch(batch["points"], target)
+        logits = net(points, cat, **compute)
         w = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), weight=w,
                                label_smoothing=self.cfg.label_smoothing)
         acc = (logits.argmax(-1) == target).float().mean().item() * 100
         return loss, {"acc": acc}
 
+    def operating_point_batch(self, points: torch.Tensor, target: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """With operating points: one drawn for the batch (torch RNG, so resume is exact), its number
+        of points subsampled from each cloud (B, N, C) -> (B, P, C) (per-point targets alike), and
+        the backbone's num_centers / budget / fusion_threshold; without: the batch as it is."""
+        ops = self.cfg.operating_points
+        if not ops:
+            return points, target, {}
+        op = ops[int(torch.randint(len(ops), (1,)))]
+        if op.points < points.shape[1]:
+            keep = torch.randperm(points.shape[1])[:op.points].to(points.device)
+            points = points[:, keep]
+            target = target[:, keep] if self.cfg.task != "cls" else target
+        return points, target, self.compute_of(op)
+
+    def compute_of(self, op: OperatingPoint) -> dict:
+        """The backbone arguments of an operating point (the budget only for a gated student)."""
+        compute = {"num_centers": op.centers}
+        if self.gated:
+            compute.update(budget=op.budget, fusion_threshold=op.fusion_threshold)
+        return compute
+
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         pass
 
     def evaluate(self, model: TaskModel, epoch: int) -> dict[str, float]:
-        return evaluate_task(model, self.test_set, self.cfg.task, seed=self.cfg.run.seed)
+        """Test metrics, at the top operating point when the model has a compute range."""
+        compute = self.compute_of(self.cfg.operating_points[-1]) if self.cfg.operating_points else {}
+        return evaluate_task(model, self.test_set, self.cfg.task, seed=self.cfg.run.seed, **compute)
 
     def param_groups(self, model: TaskModel) -> list[dict]:
         o = self.cfg.optim
@@ -105,13 +133,15 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     else:
         backbone = PointBackbone(cfg.model)
     model = build_task_model(cfg, backbone, train_set.shapes)
-    task = SupervisedTask(cfg, test_set, segmentation_class_weights(cfg, train_set.shapes))
+    task = SupervisedTask(cfg, test_set, segmentation_class_weights(cfg, train_set.shapes),
+                          gated=backbone.budget_adjustable)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage=f"finetune_{cfg.task}", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
     final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
     if trainer.info.is_main:
         meta = {"task": cfg.task, "classes": train_set.shapes.classes, "seg_classes": train_set.shapes.seg_classes,
-                "init": cfg.init, "metrics": final, "head": head_options(cfg)}
+                "init": cfg.init, "metrics": final, "head": head_options(cfg),
+                "operating_points": [to_dict(op) for op in cfg.operating_points]}
         path = save_task_model(out / "model.safetensors", model.cpu(), backbone.cfg, meta)
         print(f"[finetune] {cfg.task} model exported to {path}; " +
               " ".join(f"{k}={v:.2f}" for k, v in final.items()), flush=True)

@@ -7,8 +7,13 @@ from foundry_core.configs import (DataConfig, DistillConfig, FinetuneConfig, JEP
                                   PretrainConfig, RunConfig, StudentConfig)
 
 
-def tiny_model() -> ModelConfig:
-    return ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8)
+def tiny_model(**kw) -> ModelConfig:
+    base = dict(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8)
+    return ModelConfig(**{**base, **kw})
+
+
+def tiny_jepa(**kw) -> JEPAConfig:
+    return JEPAConfig(**{"predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 2, **kw})
 
 
 def tiny_data(**kw) -> DataConfig:
@@ -21,7 +26,7 @@ def tiny_pretrain(out: Path, epochs: int = 2, **optim) -> PretrainConfig:
         model=tiny_model(), data=tiny_data(),
         optim=OptimConfig(**{"lr": 1e-3, "epochs": epochs, "warmup_epochs": 1, "batch_size": 16, **optim}),
         run=RunConfig(out_dir=str(out), eval_every=0, progress=False),
-        jepa=JEPAConfig(predictor_dim=32, predictor_depth=1, predictor_heads=2, ema=[0.99, 0.999]))
+        jepa=tiny_jepa(ema=[0.99, 0.999]))
 
 
 def tiny_finetune(out: Path, task: str = "cls", epochs: int = 2, **kw) -> FinetuneConfig:

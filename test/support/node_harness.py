@@ -221,7 +221,8 @@ def node_harness(tmp: Path, node_argv: list[str], overrides: str) -> Iterator[Ha
     with local_dds(tmp / "ros") as env:
         with open(log, "w") as log_f:
             child = subprocess.Popen(
-                [sys.executable, *node_argv, "--params-file", str(SHIPPED_CONFIG), "--params-file", str(overrides_path)],
+                [sys.executable, *node_argv,
+                 "--params-file", str(SHIPPED_CONFIG), "--params-file", str(overrides_path)],
                 env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
         try:
             with ros_session("foundry_test_client") as (node, ex):
