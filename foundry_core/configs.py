@@ -181,6 +181,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     head_dropout: float = 0.5
     seg_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
+    seg_hidden: list[int] = field(default_factory=lambda: [512, 256])   # widths of the segmentation MLP
     category_embedding: bool = True   # partseg: add a learned object-category embedding
     class_weighting: Literal["none", "inverse_sqrt"] = "none"   # segmentation: weight rare classes up
     # compute range of the model (scene models): each training batch runs at one of these points
@@ -188,6 +189,8 @@ class FinetuneConfig:
     operating_points: list[OperatingPoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if len(self.seg_hidden) != 2 or min(self.seg_hidden) < 1:
+            raise ConfigError(f"seg_hidden must be two widths >= 1, got {self.seg_hidden}")
         names = [op.name for op in self.operating_points]
         if len(set(names)) != len(names):
             raise ConfigError(f"operating_points: names must be unique, got {names}")

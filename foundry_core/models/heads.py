@@ -63,20 +63,24 @@ class SegmentationHead(nn.Module):
 
     Token features = mean of LayerNorm'd hidden states of `layers` (1-based); global feature =
     max + mean; optional object-category embedding (part segmentation). Features are propagated to
-    the points by 3-NN inverse-distance interpolation, then a shared MLP gives (B, N, K) logits.
+    the points by 3-NN inverse-distance interpolation, then a shared MLP (widths `hidden`) gives
+    (B, N, K) logits. The MLP's first layer is applied to the c token features before the
+    interpolation (the interpolation is linear, so this is the same function) and its global part
+    once per cloud: a point costs 3 * hidden[0] multiply-adds there instead of 3D * hidden[0].
     """
 
     def __init__(self, dim: int, num_classes: int, layers: list[int], num_categories: int = 0,
-                 dropout: float = 0.5, category_dim: int = 64):
+                 dropout: float = 0.5, category_dim: int = 64, hidden: tuple[int, int] | list[int] = (512, 256)):
         super().__init__()
         self.layers = list(layers)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in self.layers)
         self.category = nn.Embedding(num_categories, category_dim) if num_categories > 0 else None
         in_dim = dim + 2 * dim + (category_dim if self.category is not None else 0)
+        h0, h1 = (int(h) for h in hidden)
         self.mlp = nn.Sequential(
-            nn.Conv1d(in_dim, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
-            nn.Conv1d(256, num_classes, 1))
+            nn.Conv1d(in_dim, h0, 1), nn.BatchNorm1d(h0), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv1d(h0, h1, 1), nn.BatchNorm1d(h1), nn.ReLU(inplace=True),
+            nn.Conv1d(h1, num_classes, 1))
 
     @property
     def point_dim(self) -> int:
@@ -102,12 +106,13 @@ class SegmentationHead(nn.Module):
             if category is None:
                 raise ValueError("part segmentation head needs the object category")
             glob = torch.cat([glob, self.category(category)], dim=-1)
-        per_point = propagate_to_points(feats, out.tokens.centers, points[..., :3], idx=nn_idx)  # (B, N, D)
-        # first 1x1 conv on [per_point, glob] applied as W_p p + (W_g g + b): the global term once per
-        # cloud, not once per point (same function as mlp on the concatenation)
-        conv0, d = self.mlp[0], per_point.shape[-1]
+        # first 1x1 conv on [per_point, glob] applied as W_p p + (W_g g + b), with W_p on the tokens
+        # before the (linear) interpolation and the global term once per cloud: same function
+        conv0, d = self.mlp[0], feats.shape[-1]
         w = conv0.weight[:, :, 0]
-        h = nn.functional.linear(per_point, w[:, :d]) + nn.functional.linear(glob, w[:, d:], conv0.bias).unsqueeze(1)
+        tok_h = nn.functional.linear(feats, w[:, :d])                                        # (B, c, H0)
+        h = propagate_to_points(tok_h, out.tokens.centers, points[..., :3], idx=nn_idx)     # (B, N, H0)
+        h = h + nn.functional.linear(glob, w[:, d:], conv0.bias).unsqueeze(1)
         return self.mlp[1:](h.transpose(1, 2)).transpose(1, 2)      # (B, N, K)
 
 
@@ -152,9 +157,16 @@ class FoldedPointMLP:
         w0, b0, _ = self.layers[0]
         return b0 + glob.to(w0.dtype) @ w0[self.point_dim:]
 
-    def __call__(self, per_point: torch.Tensor, bias0: torch.Tensor) -> torch.Tensor:
-        w0, _, relu = self.layers[0]
-        x = torch.addmm(bias0, per_point.to(w0.dtype), w0[:self.point_dim])
+    def project_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        """The first layer's per-point weights applied to token features: (c, D) -> (c, H0); the
+        interpolation of these to points equals the first layer on interpolated features."""
+        w0 = self.layers[0][0]
+        return feats.to(w0.dtype) @ w0[:self.point_dim]
+
+    def __call__(self, first: torch.Tensor, bias0: torch.Tensor) -> torch.Tensor:
+        """first (m, H0): interpolated project_tokens output; bias0 from global_bias -> logits (m, K)."""
+        x = first + bias0
+        relu = self.layers[0][2]
         if relu:
             x = torch.relu_(x)
         for w, b, relu in self.layers[1:]:

@@ -111,13 +111,16 @@ class TorchRunner:
         m, step = xyz.shape[1], self.head_chunk
         labels = np.empty(m, dtype=np.int32)
         conf = np.empty(m, dtype=np.float32)
-        bias0 = self.folded_mlp.global_bias(glob[0]) if self.folded_mlp is not None else None
+        folded = self.folded_mlp
+        if folded is not None:            # first layer on the c tokens, interpolated (same function)
+            bias0, table = folded.global_bias(glob[0]), folded.project_tokens(feats[0]).unsqueeze(0)
         for s in range(0, m, step):
             e = min(s + step, m)
-            per_point = propagate_to_points(feats, centers, xyz[:, s:e], idx=idx[:, s:e])[0]   # (m, D)
-            if self.folded_mlp is not None:
-                logits = self.folded_mlp(per_point, bias0).float()
+            if folded is not None:
+                first = propagate_to_points(table, centers, xyz[:, s:e], idx=idx[:, s:e])[0]   # (m, H0)
+                logits = folded(first, bias0).float()
             else:
+                per_point = propagate_to_points(feats, centers, xyz[:, s:e], idx=idx[:, s:e])[0]   # (m, D)
                 x = torch.cat([per_point, glob.expand(e - s, -1)], dim=-1)
                 logits = head.mlp(x.t().unsqueeze(0)).squeeze(0).t().float()
             p, lab = torch.softmax(logits, -1).max(-1)
