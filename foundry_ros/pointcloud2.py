@@ -109,6 +109,7 @@ class DecodedCloud:
     width: int
     num_input: int  # height * width
     num_dropped: int  # points with a non-finite x, y or z
+    integer_xyz: bool = False  # x, y, z are integer fields (taken as metres unchanged)
 
     @property
     def num_points(self) -> int:
@@ -343,6 +344,8 @@ def decode_pointcloud2(
             f"(corrupt header?)"
         )
     if num_input == 0:
+        if len(_as_byte_array(getattr(msg, "data", b""))):
+            raise PointCloud2Error(f"cloud of {height} x {width} = 0 points carries data bytes (corrupt header?)")
         return _empty_result(msg, height, width, extra, point_step)
 
     if point_step == 0:
@@ -362,10 +365,12 @@ def decode_pointcloud2(
         )
     buf = _as_byte_array(raw)
     needed = height * row_step
-    if buf.size < needed:
+    if buf.size != needed:
+        what = "truncated" if buf.size < needed else "longer than its header says"
         raise PointCloud2Error(
-            f"data is truncated: {buf.size} bytes, expected height * row_step = "
-            f"{height} * {row_step} = {needed}"
+            f"data is {what}: {buf.size} bytes, expected height * row_step = "
+            f"{height} * {row_step} = {needed} (point_step {point_step}, width {width}); "
+            "a header that contradicts the data cannot be decoded safely"
         )
 
     present_extra = [n for n in extra if n in layout]
@@ -411,6 +416,7 @@ def decode_pointcloud2(
         width=width,
         num_input=num_input,
         num_dropped=int(num_input - index.size),
+        integer_xyz=any(layout[n].code[0] in "iu" for n in fields),
     )
 
 

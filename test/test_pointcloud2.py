@@ -111,11 +111,33 @@ def test_row_step_padding():
     assert d.num_dropped == 0 and d.num_input == 12
 
 
-def test_data_longer_than_needed_is_accepted():
+def test_data_longer_than_its_header_is_rejected():
     msg = xyz_cloud([(1, 2, 3), (4, 5, 6)])
     msg.data = msg.data + b"\x00" * 7
+    with pytest.raises(PointCloud2Error, match="longer than its header"):
+        decode_pointcloud2(msg)
+
+
+def test_point_step_contradicting_the_data_is_rejected():
+    """The soak's case: point_step declared 16 while the data holds 20 bytes a point."""
+    pts = np.random.default_rng(0).normal(size=(30000, 5)).astype("<f4")      # 20 bytes a point
+    msg = cloud(XYZ_FIELDS, 16, pts.tobytes(), width=30000)
+    with pytest.raises(PointCloud2Error, match=r"longer than its header.*point_step 16"):
+        decode_pointcloud2(msg)
+
+
+def test_data_bytes_in_an_empty_cloud_are_rejected():
+    msg = cloud(XYZ_FIELDS, 12, b"\x00" * 24, width=0, row_step=0)
+    with pytest.raises(PointCloud2Error, match="0 points carries data"):
+        decode_pointcloud2(msg)
+
+
+def test_integer_xyz_fields_are_flagged():
+    data = struct.pack("<hhh", 1, 2, 3) * 2
+    msg = cloud([PF("x", 0, INT16), PF("y", 2, INT16), PF("z", 4, INT16)], 6, data)
     d = decode_pointcloud2(msg)
-    assert d.xyz.shape == (2, 3)
+    assert d.integer_xyz and d.xyz.tolist() == [[1.0, 2.0, 3.0]] * 2
+    assert not decode_pointcloud2(xyz_cloud([(1, 2, 3)])).integer_xyz
 
 
 def test_big_endian_mixed_types():
