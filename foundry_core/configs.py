@@ -182,6 +182,7 @@ class FinetuneConfig:
     head_dropout: float = 0.5
     seg_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
     seg_hidden: list[int] = field(default_factory=lambda: [512, 256])   # widths of the segmentation MLP
+    seg_point_geometry: bool = False  # the segmentation MLP also reads each point's offset from its nearest center
     category_embedding: bool = True   # partseg: add a learned object-category embedding
     class_weighting: Literal["none", "inverse_sqrt"] = "none"   # segmentation: weight rare classes up
     # compute range of the model (scene models): each training batch runs at one of these points

@@ -51,6 +51,12 @@ def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return table.reshape(b * c, -1).index_select(0, flat).view(b, n, kk, -1)
 
 
+def nearest_offsets(centers: torch.Tensor, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Offset of every point from its nearest center: centers (B, c, 3), points (B, N, 3), idx (B, N, k)
+    nearest first -> (B, N, 3)."""
+    return points - _gather_rows(centers, idx[..., :1])[:, :, 0]
+
+
 def propagate_to_points(feats: torch.Tensor, centers: torch.Tensor, points: torch.Tensor, k: int = 3,
                         idx: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse-distance interpolation of center features to points: feats (B, c, D), centers
@@ -67,15 +73,22 @@ class SegmentationHead(nn.Module):
     (B, N, K) logits. The MLP's first layer is applied to the c token features before the
     interpolation (the interpolation is linear, so this is the same function) and its global part
     once per cloud: a point costs 3 * hidden[0] multiply-adds there instead of 3D * hidden[0].
+    point_geometry: the MLP also reads each point's offset (3) from its nearest token center, the
+    local detail that interpolated token features blur (small objects next to large ones).
+    MLP input layout: [interpolated token features (D), global (2D [+ category]), offset (3)].
     """
 
+    GEOMETRY_DIM = 3
+
     def __init__(self, dim: int, num_classes: int, layers: list[int], num_categories: int = 0,
-                 dropout: float = 0.5, category_dim: int = 64, hidden: tuple[int, int] | list[int] = (512, 256)):
+                 dropout: float = 0.5, category_dim: int = 64, hidden: tuple[int, int] | list[int] = (512, 256),
+                 point_geometry: bool = False):
         super().__init__()
         self.layers = list(layers)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in self.layers)
         self.category = nn.Embedding(num_categories, category_dim) if num_categories > 0 else None
-        in_dim = dim + 2 * dim + (category_dim if self.category is not None else 0)
+        self.geometry_dim = self.GEOMETRY_DIM if point_geometry else 0
+        in_dim = dim + 2 * dim + (category_dim if self.category is not None else 0) + self.geometry_dim
         h0, h1 = (int(h) for h in hidden)
         self.mlp = nn.Sequential(
             nn.Conv1d(in_dim, h0, 1), nn.BatchNorm1d(h0), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -89,7 +102,7 @@ class SegmentationHead(nn.Module):
 
     def folded_mlp(self) -> "FoldedPointMLP | None":
         """The MLP as folded GEMMs for inference (see FoldedPointMLP); None if it cannot be folded."""
-        return FoldedPointMLP.build(self.mlp, self.point_dim)
+        return FoldedPointMLP.build(self.mlp, self.point_dim, self.geometry_dim)
 
     def token_features(self, out: BackboneOutput) -> torch.Tensor:
         hidden = out.encoded.hidden
@@ -108,11 +121,15 @@ class SegmentationHead(nn.Module):
             glob = torch.cat([glob, self.category(category)], dim=-1)
         # first 1x1 conv on [per_point, glob] applied as W_p p + (W_g g + b), with W_p on the tokens
         # before the (linear) interpolation and the global term once per cloud: same function
-        conv0, d = self.mlp[0], feats.shape[-1]
+        conv0, d, g = self.mlp[0], feats.shape[-1], self.geometry_dim
         w = conv0.weight[:, :, 0]
+        xyz, centers = points[..., :3], out.tokens.centers
         tok_h = nn.functional.linear(feats, w[:, :d])                                        # (B, c, H0)
-        h = propagate_to_points(tok_h, out.tokens.centers, points[..., :3], idx=nn_idx)     # (B, N, H0)
-        h = h + nn.functional.linear(glob, w[:, d:], conv0.bias).unsqueeze(1)
+        idx, weights = interpolation_weights(centers, xyz, 3, nn_idx)
+        h = interpolate(tok_h, idx, weights)                                                 # (B, N, H0)
+        h = h + nn.functional.linear(glob, w[:, d:w.shape[1] - g], conv0.bias).unsqueeze(1)
+        if g:
+            h = h + nn.functional.linear(nearest_offsets(centers, xyz, idx), w[:, w.shape[1] - g:])
         return self.mlp[1:](h.transpose(1, 2)).transpose(1, 2)      # (B, N, K)
 
 
@@ -124,12 +141,12 @@ class FoldedPointMLP:
     on CPU. Built once from the weights (it does not depend on budgets). ``None`` from :meth:`build`
     when the MLP has another structure (the caller then uses head.mlp)."""
 
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, bool]], point_dim: int):
-        self.layers, self.point_dim = layers, point_dim
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, bool]], point_dim: int, geometry_dim: int = 0):
+        self.layers, self.point_dim, self.geometry_dim = layers, point_dim, geometry_dim
 
     @classmethod
     @torch.no_grad()
-    def build(cls, mlp: nn.Sequential, point_dim: int) -> "FoldedPointMLP | None":
+    def build(cls, mlp: nn.Sequential, point_dim: int, geometry_dim: int = 0) -> "FoldedPointMLP | None":
         layers: list[list] = []
         for mod in mlp:
             if isinstance(mod, nn.Conv1d) and mod.kernel_size == (1,) and mod.groups == 1:
@@ -150,12 +167,18 @@ class FoldedPointMLP:
         if not layers:
             return None
         dtype = mlp[0].weight.dtype
-        return cls([(w.t().contiguous().to(dtype), b.to(dtype), relu) for w, b, relu in layers], point_dim)
+        return cls([(w.t().contiguous().to(dtype), b.to(dtype), relu) for w, b, relu in layers], point_dim,
+                   geometry_dim)
 
     def global_bias(self, glob: torch.Tensor) -> torch.Tensor:
         """glob (G,) -> first-layer bias (H,) including the global feature's contribution."""
         w0, b0, _ = self.layers[0]
-        return b0 + glob.to(w0.dtype) @ w0[self.point_dim:]
+        return b0 + glob.to(w0.dtype) @ w0[self.point_dim:w0.shape[0] - self.geometry_dim]
+
+    def geometry(self, offsets: torch.Tensor) -> torch.Tensor:
+        """First-layer term of the points' offsets from their nearest centers: (m, 3) -> (m, H0)."""
+        w0 = self.layers[0][0]
+        return offsets.to(w0.dtype) @ w0[w0.shape[0] - self.geometry_dim:]
 
     def project_tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """The first layer's per-point weights applied to token features: (c, D) -> (c, H0); the

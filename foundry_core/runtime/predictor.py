@@ -23,6 +23,12 @@ at the token budget in [min_budget, max_budget] = backbone.budget_range(max_cent
 (nothing depending on them is cached). A teacher, an ungated student or a baseline has a fixed
 token count: budgets are ignored with a one-time warning.
 
+Operating points (operating_points.py). ``Predictor.operating_points`` is the model's ordered compute
+range, cheapest first (its metadata's list, or a default set derived from the PreprocessConfig);
+``operating_point=`` (a name or an OperatingPoint) overrides, for that call only, max_points and
+max_centers (min_centers capped at it) and the budget / fusion threshold (explicit budget= /
+fusion_threshold= still win). ``calibrate`` measures each point's median latency.
+
 Memory. max_points (PreprocessConfig) caps the points that reach the model; the tokenizer holds
 (c, k, C) groups, the head (head_chunk, 3 * D) features per chunk; the points removed by the cap are
 labelled through a kd-tree, so 2^18-point clouds never materialise (N, c) or (N, M) matrices.
@@ -42,11 +48,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..configs import OperatingPoint
 from ..models.heads import TaskModel
 from ..models.io import load_task_model
 from ..typed_yaml import ConfigError, from_dict
 from .backends import (BACKENDS, BackendChoice, load_onnxruntime, load_tensorrt, load_torch_cuda,
                        onnxruntime_backend_name, rungs_for, select_backend)
+from .operating_points import call_preprocess, fit_to_backbone, operating_points_of, sweep_extent, synthetic_sweep
 from .postprocess import postprocess
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .runners import GraphRunner, TorchRunner
@@ -109,10 +117,11 @@ def label_colors(n: int) -> list[tuple[float, float, float, float]]:
 
 def default_preprocess(task: str, num_groups: int) -> PreprocessConfig:
     """Object models (cls, partseg) were trained on unit-sphere clouds with a fixed number of centers;
-    scene models on metric coordinates with c growing with the cloud."""
+    scene models on metric coordinates with c growing with the cloud, within 50 m, thinned by range
+    (far points thinned, not dropped)."""
     if task in ("cls", "partseg"):
         return PreprocessConfig(normalize="unit_sphere", min_centers=num_groups, max_centers=num_groups)
-    return PreprocessConfig()
+    return PreprocessConfig(thinning="range", max_range=50.0)
 
 
 def check_finite(net: NetworkOutput) -> None:
@@ -153,6 +162,7 @@ class Predictor:
             self.backbone.tokenizer.group_size = int(cfg.group_size)
         self.in_channels = int(self.backbone.tokenizer.in_channels)
         self.pre_cfg = self._preprocess_config(cfg, meta)
+        self.operating_points: list[OperatingPoint] = operating_points_of(meta, self.pre_cfg, self.backbone)
         self._budget_warned = False
         self.torch_runner = TorchRunner(self.model, self.device, cfg.head_chunk, cfg.fold_head)
         self.backend_choice = self._select_backend()
@@ -186,11 +196,16 @@ class Predictor:
         self.torch_runner.folded_mlp = value
 
     # ------------------------------------------------------------------ backends
+    def shape_range(self) -> tuple[int, int, int]:
+        """(min_centers, max_centers, max_points) over the PreprocessConfig and every operating point."""
+        p, ops = self.pre_cfg, self.operating_points
+        return (min([p.min_centers] + [min(p.min_centers, op.centers) for op in ops]),
+                max([p.max_centers] + [op.centers for op in ops]), max([p.max_points] + [op.points for op in ops]))
+
     def _select_backend(self) -> BackendChoice:
-        p = self.pre_cfg
+        lo_c, hi_c, hi_m = self.shape_range()
         loaders = {"tensorrt": lambda: load_tensorrt(self.model, self.onnx_path, self.cache_dir(),
-                                                     self.precision, self.device, p.min_centers, p.max_centers,
-                                                     p.max_points),
+                                                     self.precision, self.device, lo_c, hi_c, hi_m),
                    "torch-cuda": lambda: load_torch_cuda(self.device),
                    "onnxruntime-cpu": lambda: load_onnxruntime(self.onnx_path, self.device, self.cfg.threads),
                    "torch-cpu": lambda: None}
@@ -265,11 +280,29 @@ class Predictor:
     def embedding_dim(self) -> int:
         return int(self.backbone.dim)
 
-    def _resolve_budget(self, budget: int | None, fusion_threshold: float | None, c: int
+    def operating_point(self, name: str) -> OperatingPoint:
+        """The operating point called `name` (ConfigError when the model has none of that name)."""
+        for op in self.operating_points:
+            if op.name == name:
+                return op
+        raise ConfigError(f"unknown operating point {name!r}; this model has "
+                          f"{[op.name for op in self.operating_points]}")
+
+    def _resolve_operating_point(self, op: OperatingPoint | str | None) -> OperatingPoint | None:
+        if op is None or isinstance(op, OperatingPoint):
+            return None if op is None else fit_to_backbone(op, self.backbone)
+        return self.operating_point(op)
+
+    def _resolve_budget(self, budget: int | None, fusion_threshold: float | None, c: int,
+                        op: OperatingPoint | None = None, max_centers: int | None = None
                         ) -> tuple[int | None, float | None, int]:
-        """-> (budget passed to the backbone, threshold passed (also reported), reported token_budget)."""
-        b = self.cfg.budget if budget is None else budget
-        r = self.cfg.fusion_threshold if fusion_threshold is None else fusion_threshold
+        """-> (budget passed to the backbone, threshold passed (also reported), reported token_budget).
+        Defaults: the operating point's budget / threshold when one is given, else the config's;
+        budgets are clamped to budget_range(max_centers) (default: the PreprocessConfig's)."""
+        default_b, default_r = (op.budget, op.fusion_threshold) if op is not None else (
+            self.cfg.budget, self.cfg.fusion_threshold)
+        b = default_b if budget is None else budget
+        r = default_r if fusion_threshold is None else fusion_threshold
         if not self.budget_adjustable:
             if (b is not None or r is not None) and not self._budget_warned:
                 log.warning("model backbone is a %s with a fixed token count: token budget / fusion threshold "
@@ -277,7 +310,8 @@ class Predictor:
                 self._budget_warned = True
             return None, None, int(self.backbone.budget_range(c)[0])
         if b is not None:
-            b = int(min(max(int(b), self.min_budget), self.max_budget))
+            lo, hi = self.backbone.budget_range(self.pre_cfg.max_centers if max_centers is None else max_centers)
+            b = int(min(max(int(b), int(lo)), int(hi)))
         # the gate's learned policy (merge pi > r, r = its training threshold unless given) always
         # applies; the budget caps what is left (forced merges of the highest-pi tokens). r > 1
         # disables the threshold (budget only).
@@ -297,20 +331,44 @@ class Predictor:
         n = int(min(num_points, self.pre_cfg.max_points))
         cloud = rng.uniform(-1.0, 1.0, size=(n, self.in_channels)).astype(np.float32)
         cloud[:, :3] *= np.array([8.0, 8.0, 1.0], np.float32) if self.task == "sceneseg" else 1.0
-        kw = {"category": 0} if getattr(self.head, "category", None) is not None else {}
         t0 = time.perf_counter()
-        self(cloud, budget=self.max_budget if self.budget_adjustable else None, **kw)
+        self(cloud, budget=self.max_budget if self.budget_adjustable else None, **self._synthetic_kwargs())
         return (time.perf_counter() - t0) * 1e3
 
+    def _synthetic_kwargs(self) -> dict:
+        """Call arguments a synthetic cloud needs (a partseg model with category embedding: category 0)."""
+        return {"category": 0} if getattr(self.head, "category", None) is not None else {}
+
+    def calibrate(self, cloud: np.ndarray | None = None, repeats: int = 3) -> dict[str, float]:
+        """Median total latency in ms of every operating point (name -> ms, cheapest first) on `cloud`
+        (N, 3+F) or a synthetic sweep-like cloud of the top point's size, after one warm-up call each."""
+        if repeats < 1:
+            raise ValueError("calibrate needs repeats >= 1")
+        if cloud is None:
+            top = self.operating_points[-1]
+            cloud = synthetic_sweep(top.points, self.in_channels, sweep_extent(self.pre_cfg), seed=self.cfg.seed)
+        kw = self._synthetic_kwargs()
+        out = {}
+        for op in self.operating_points:
+            self(cloud, operating_point=op, **kw)
+            out[op.name] = float(np.median([self(cloud, operating_point=op, **kw).report.timings_ms["total"]
+                                            for _ in range(repeats)]))
+        return out
+
     def __call__(self, points: np.ndarray, budget: int | None = None, fusion_threshold: float | None = None,
-                 category: int | None = None) -> PredictorResult:
+                 category: int | None = None, operating_point: OperatingPoint | str | None = None
+                 ) -> PredictorResult:
+        """points (N, 3+F) or (H, W, 3+F) -> PredictorResult (see the module docstring)."""
         t0 = time.perf_counter()
+        op = self._resolve_operating_point(operating_point)
+        pre_cfg = call_preprocess(self.pre_cfg, op)
         cloud = self._model_channels(as_cloud(points))
-        pre = preprocess(cloud, self.pre_cfg, seed=self.cfg.seed)
+        pre = preprocess(cloud, pre_cfg, seed=self.cfg.seed)
         t1 = time.perf_counter()
-        b, r, token_budget = self._resolve_budget(budget, fusion_threshold, pre.num_centers)
+        b, r, token_budget = self._resolve_budget(budget, fusion_threshold, pre.num_centers, op, pre_cfg.max_centers)
+        name = "" if op is None else op.name
         if pre.num_points == 0:
-            return self._empty(cloud.shape[0], pre, token_budget, r, t0, t1)
+            return self._empty(cloud.shape[0], pre, token_budget, r, t0, t1, name)
         category = self.cfg.category if category is None else category
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
         with torch.inference_mode(), self._autocast():
@@ -322,7 +380,7 @@ class Predictor:
         t5 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "tokenize": net.tokenized_at - t1, "encode": net.encoded_at - net.tokenized_at,
                    "head": t4 - net.encoded_at, "postprocess": t5 - t4, "total": t5 - t0}
-        report = self._report(cloud.shape[0], pre, net, token_budget, r, timings)
+        report = self._report(cloud.shape[0], pre, net, token_budget, r, timings, name)
         return PredictorResult(labels=labels, confidence=confidence, segments=segments,
                                centers=pre.to_input_frame(net.centers), embeddings=net.embeddings,
                                token_segments=net.token_segments, report=report)
@@ -335,17 +393,17 @@ class Predictor:
         return cloud[:, :self.in_channels]
 
     def _report(self, n: int, pre: Preprocessed, net: NetworkOutput | None, token_budget: int,
-                threshold: float | None, timings_s: dict[str, float]) -> FrameReport:
+                threshold: float | None, timings_s: dict[str, float], operating_point: str = "") -> FrameReport:
         return FrameReport(points_in=n, points_used=pre.num_points, points_unlabelled=int(n - pre.in_region.sum()),
                            tokens_in_encoder=net.tokens_in_encoder if net is not None else 0,
                            token_budget=int(token_budget),
                            fusion_threshold=math.nan if threshold is None else float(threshold),
                            num_centers=pre.num_centers if net is not None else 0, backend=self.backend,
                            precision=self.precision, model_hash=self.model_hash,
-                           timings_ms={k: v * 1e3 for k, v in timings_s.items()})
+                           timings_ms={k: v * 1e3 for k, v in timings_s.items()}, operating_point=operating_point)
 
-    def _empty(self, n: int, pre: Preprocessed, token_budget: int, threshold: float | None, t0: float, t1: float
-               ) -> PredictorResult:
+    def _empty(self, n: int, pre: Preprocessed, token_budget: int, threshold: float | None, t0: float, t1: float,
+               operating_point: str = "") -> PredictorResult:
         """No point left after preprocessing: every row unlabelled."""
         timings = {"preprocess": t1 - t0, "tokenize": 0.0, "encode": 0.0, "head": 0.0, "postprocess": 0.0,
                    "total": time.perf_counter() - t0}
@@ -353,4 +411,4 @@ class Predictor:
                                segments=np.full(n, -1, dtype=np.int32), centers=np.zeros((0, 3), np.float32),
                                embeddings=np.zeros((0, self.embedding_dim), np.float32),
                                token_segments=np.zeros(0, np.int32),
-                               report=self._report(n, pre, None, token_budget, threshold, timings))
+                               report=self._report(n, pre, None, token_budget, threshold, timings, operating_point))

@@ -6,7 +6,11 @@ Steps, all vectorised numpy (no Python loop over points):
 2. crop box and range gate (distance of xyz from the origin of the cloud's frame);
 3. voxel downsampling: one point per occupied voxel, either the first point of the voxel in input
    order ("first") or the point nearest to the voxel centroid ("centroid");
-4. a cap of ``max_points``: a seeded uniform random subset (input order kept);
+4. a cap of ``max_points`` (input order kept, seeded): ``thinning: uniform`` a uniform random
+   subset; ``thinning: range`` keeps point i with probability p_i proportional to r_i^2 (its squared
+   distance from the sensor, the frame's origin: LiDAR density falls ~ 1/r^2), capped at 1 and
+   normalised so that exactly max_points are kept (systematic sampling in a random order), so
+   far points are thinned, not dropped;
 5. the number of token centers c = clamp(round(M / points_per_center), min_centers, max_centers);
 6. optional unit-sphere normalisation (object-level models were trained on clouds centred at their
    mean and scaled to radius 1); ``center`` / ``scale`` undo it: x_input = x * scale + center.
@@ -38,6 +42,7 @@ class PreprocessConfig:
     voxel_size: float | None = None         # edge of the downsampling voxel; None = no voxel filter
     voxel_mode: Literal["first", "centroid"] = "first"
     max_points: int = 131072                # cap after the voxel filter (random subset, seeded)
+    thinning: Literal["uniform", "range"] = "uniform"   # the cap's subset: uniform, or keep p ~ r^2
     min_centers: int = 32
     max_centers: int = 1024
     points_per_center: float = 16.0         # c = clamp(round(M / points_per_center), min_centers, max_centers)
@@ -59,6 +64,8 @@ class PreprocessConfig:
             raise ConfigError("preprocess.voxel_mode must be 'first' or 'centroid'")
         if self.max_points < 1:
             raise ConfigError("preprocess.max_points must be >= 1")
+        if self.thinning not in ("uniform", "range"):
+            raise ConfigError("preprocess.thinning must be 'uniform' or 'range'")
         if not 1 <= self.min_centers <= self.max_centers:
             raise ConfigError("preprocess needs 1 <= min_centers <= max_centers")
         if not self.points_per_center > 0:
@@ -136,6 +143,44 @@ def voxel_select(xyz: np.ndarray, voxel: float, mode: str = "first") -> np.ndarr
     return np.sort(order[starts])
 
 
+def range_keep_probability(r2: np.ndarray, k: int) -> np.ndarray:
+    """Keep probabilities p (n,) = min(1, lam * w) with sum(p) = k (0 < k < n), w = r2 (n,) squared
+    ranges floored at 1 mm^2 (points at the sensor can still be drawn). Water-filling: the t largest
+    are capped at 1, t the smallest count for which the rest stays <= 1."""
+    w = np.maximum(r2.astype(np.float64), 1e-6)
+    s = np.sort(w)[::-1]                                   # descending
+    t = np.arange(k)
+    rest = np.cumsum(s[::-1])[::-1][t]                     # sum of s[t:]
+    lam = (k - t) / rest
+    first = int(np.argmax(lam * s[t] <= 1.0))              # exists: t = k - 1 always fits (n > k)
+    return np.minimum(1.0, lam[first] * w)
+
+
+def range_thinning(xyz: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of exactly k of the n > k points xyz (n, 3), point i kept with probability
+    range_keep_probability (systematic sampling along a random permutation: one uniform offset,
+    an interval of length p_i per point, a point is kept when its interval holds an integer)."""
+    p = range_keep_probability((xyz.astype(np.float64) ** 2).sum(1), k)
+    order = rng.permutation(p.size)
+    cum = np.cumsum(p[order])
+    cum *= k / cum[-1]
+    cum[-1] = k
+    hits = np.floor(cum + rng.uniform()).astype(np.int64)
+    chosen = np.diff(hits, prepend=0) > 0
+    if chosen.sum() < k:                                   # rounding put two integers in one interval
+        rest = np.flatnonzero(~chosen)
+        chosen[rest[np.argsort(-p[order][rest], kind="stable")[:k - int(chosen.sum())]]] = True
+    return np.sort(order[chosen])
+
+
+def cap_points(xyz: np.ndarray, cfg: PreprocessConfig, seed: int) -> np.ndarray:
+    """Sorted indices of the max_points kept of xyz (n, 3), n > max_points (cfg.thinning)."""
+    rng = np.random.default_rng(seed)
+    if cfg.thinning == "range":
+        return range_thinning(xyz, cfg.max_points, rng)
+    return np.sort(rng.choice(xyz.shape[0], cfg.max_points, replace=False))
+
+
 def choose_num_centers(m: int, cfg: PreprocessConfig) -> int:
     if m == 0:
         return 0
@@ -166,8 +211,7 @@ def preprocess(points: np.ndarray, cfg: PreprocessConfig, seed: int = 0) -> Prep
         idx = idx[voxel_select(cloud[idx, :3], cfg.voxel_size, cfg.voxel_mode)]
     t2 = time.perf_counter()
     if idx.size > cfg.max_points:
-        rng = np.random.default_rng(seed)
-        idx = np.sort(idx[rng.choice(idx.size, cfg.max_points, replace=False)])
+        idx = idx[cap_points(cloud[idx, :3], cfg, seed)]
     used = cloud[idx].astype(np.float32)
     center, scale = np.zeros(3), 1.0
     if cfg.normalize == "unit_sphere" and idx.size:

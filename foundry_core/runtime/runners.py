@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..models.backbone import pooled_features
-from ..models.heads import FoldedPointMLP, SegmentationHead, TaskModel, propagate_to_points
+from ..models.heads import FoldedPointMLP, SegmentationHead, TaskModel, nearest_offsets, propagate_to_points
 from ..models.sampling import FAST_FPS_MIN_POINTS, FAST_KNN_MIN_POINTS
 from ..models.tokenizer import PointTokenizer, Tokens
 from .postprocess import nearest_rows, softmax_labels
@@ -116,12 +116,16 @@ class TorchRunner:
             bias0, table = folded.global_bias(glob[0]), folded.project_tokens(feats[0]).unsqueeze(0)
         for s in range(0, m, step):
             e = min(s + step, m)
+            offsets = nearest_offsets(centers, xyz[:, s:e], idx[:, s:e])[0] if head.geometry_dim else None
             if folded is not None:
                 first = propagate_to_points(table, centers, xyz[:, s:e], idx=idx[:, s:e])[0]   # (m, H0)
+                if offsets is not None:
+                    first = first + folded.geometry(offsets)
                 logits = folded(first, bias0).float()
             else:
                 per_point = propagate_to_points(feats, centers, xyz[:, s:e], idx=idx[:, s:e])[0]   # (m, D)
-                x = torch.cat([per_point, glob.expand(e - s, -1)], dim=-1)
+                parts = [per_point, glob.expand(e - s, -1)] + ([offsets] if offsets is not None else [])
+                x = torch.cat(parts, dim=-1)
                 logits = head.mlp(x.t().unsqueeze(0)).squeeze(0).t().float()
             p, lab = torch.softmax(logits, -1).max(-1)
             labels[s:e] = lab.cpu().numpy()

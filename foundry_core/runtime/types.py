@@ -25,6 +25,7 @@ class FrameReport:
     precision: str                  # "fp32" / "fp16"
     model_hash: str                 # sha256 prefix of the model file
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, tokenize, encode, head, total
+    operating_point: str = ""       # name of the operating point of this call ("" when none was given)
 
 
 @dataclass
