@@ -127,3 +127,30 @@ def test_task_model_end_to_end(task):
     model.eval()
     with torch.no_grad():
         assert model(_points(seed=3), cat).shape == shape
+
+
+def test_point_geometry_reads_the_offset_from_the_nearest_center_and_folds_exactly():
+    """The head with point_geometry: the offsets change the logits (the input is used), and the
+    folded inference path (first layer on the tokens + the offsets' term) is the same function."""
+    from foundry_core.models.backbone import pooled_features
+    from foundry_core.models.heads import interpolation_weights, nearest_offsets
+    out, pts = _backbone_out()
+    torch.manual_seed(0)
+    head = SegmentationHead(DIM, 5, [1, 2], hidden=(32, 16), point_geometry=True).eval()
+    with torch.no_grad():
+        for m in head.mlp:
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+        ref = head(out, pts)
+        shifted = head(out, pts + torch.tensor([0.0, 0.0, 0.05]))   # same nearest centers, other offsets
+        assert not torch.allclose(ref, shifted)
+        folded = head.folded_mlp()
+        feats, centers = head.token_features(out), out.tokens.centers
+        idx, _ = interpolation_weights(centers, pts, 3)
+        for b in range(B):
+            table = folded.project_tokens(feats[b]).unsqueeze(0)
+            first = propagate_to_points(table, centers[b:b + 1], pts[b:b + 1], idx=idx[b:b + 1])[0]
+            first = first + folded.geometry(nearest_offsets(centers[b:b + 1], pts[b:b + 1], idx[b:b + 1])[0])
+            logits = folded(first, folded.global_bias(pooled_features(feats[b:b + 1])[0]))
+            assert torch.allclose(logits, ref[b], atol=1e-5)
