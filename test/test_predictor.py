@@ -280,3 +280,20 @@ def test_warm_up_runs_one_call(student_path):
     pred = Predictor.from_checkpoint(student_path, preprocess=scene_pre())
     assert pred.warm_up() > 0
     assert pred(cloud(300)).labels.shape == (300,)
+
+
+def test_scene_default_thins_by_range_and_labels_everything_within_range(student_path):
+    pred = Predictor.from_checkpoint(student_path)               # no preprocess in the metadata
+    assert (pred.pre_cfg.thinning, pred.pre_cfg.max_range, pred.pre_cfg.crop_box) == ("range", 50.0, None)
+    rng = np.random.default_rng(15)
+    pts = np.concatenate([cloud(1500, seed=15), rng.uniform(-70, 70, size=(1500, 3)).astype(np.float32)])
+    pts[3] = np.nan
+    capped = Predictor.from_checkpoint(student_path, preprocess=scene_pre(thinning="range", max_range=50.0,
+                                                                          max_points=1000))
+    with np.errstate(invalid="ignore"):
+        inside = np.linalg.norm(pts, axis=1) <= 50.0
+    for p in (pred, capped):
+        res = p(pts)
+        assert np.all(res.labels[inside] >= 0) and np.all(res.labels[~inside] == -1)
+        assert res.report.operating_point == ""
+    assert capped(pts).report.points_used == 1000

@@ -12,15 +12,18 @@ from foundry_core.models.heads import ClassificationHead, SegmentationHead, Task
 from foundry_core.models.io import save_task_model
 from foundry_core.models.student import FoundryStudent
 from foundry_core.runtime.preprocess import PreprocessConfig
+from foundry_core.typed_yaml import to_dict
 
 SEG_CLASSES = ["ground", "car", "tree", "pole"]
 HEAD = {"seg_layers": [1, 2], "category_embedding": True, "head_dropout": 0.5}
 
 
 
-def export_task_model(path, kind: str = "student", in_channels: int = 3, task: str = "sceneseg") -> str:
+def export_task_model(path, kind: str = "student", in_channels: int = 3, task: str = "sceneseg",
+                      operating_points: list | None = None) -> str:
     """A tiny task model (kind student = gated Foundry student, teacher, random baseline) saved as
-    path/model.safetensors; the head's weights are scaled so labels vary with position."""
+    path/model.safetensors; the head's weights are scaled so labels vary with position.
+    operating_points: OperatingPoints (or their dicts) stored in the metadata, as fine-tuning does."""
     torch.manual_seed(0)
     teacher = PointBackbone(ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8,
                                         in_channels=in_channels))
@@ -43,6 +46,8 @@ def export_task_model(path, kind: str = "student", in_channels: int = 3, task: s
     model = TaskModel(backbone, head)
     meta = {"task": task, "classes": ["a", "b", "c"], "seg_classes": SEG_CLASSES if task != "cls" else None,
             "init": "", "metrics": {}, "head": HEAD}
+    if operating_points is not None:
+        meta["operating_points"] = [op if isinstance(op, dict) else to_dict(op) for op in operating_points]
     return str(save_task_model(path / "model.safetensors", model, backbone.cfg, meta))
 
 
