@@ -32,15 +32,17 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["BudgetControllerConfig", "BudgetController", "BudgetState"]
+__all__ = ["BudgetControllerConfig", "BudgetController", "BudgetState", "ResidualScreen", "Screening",
+           "LatencyTarget", "LatencyController", "check_real", "check_int", "check_screen_fields",
+           "CHANGE_KEEP", "WARMUP_FRAMES"]
 
 # Smallest slope the model may report, as a fraction of the proportional slope.  Keeps the
 # Newton step bounded when the fitted slope is near zero or negative (noise).
 _MIN_SLOPE_FRACTION = 0.1
 # Weight kept from old data when a change of load is detected.
-_CHANGE_KEEP = 0.05
+CHANGE_KEEP = 0.05
 # Frames before outlier tests start (the robust scale needs a few samples).
-_WARMUP_FRAMES = 3
+WARMUP_FRAMES = 3
 # Smoothing of the robust residual scale and its floor relative to the latency level.
 _SCALE_SMOOTHING = 0.9
 _SCALE_FLOOR = 0.01
@@ -55,9 +57,127 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value == int(value)
 
 
+def check_real(obj: Any, name: str, errors: list[str], lo: float | None, hi: float | None, lo_open: bool,
+               hi_open: bool, allow_inf: bool = False) -> None:
+    """Validate the number ``obj.<name>`` against [lo, hi] (open ends as told): normalise it to float,
+    or append the reason to ``errors``."""
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        errors.append(f"{name} must be a number, got {v!r}")
+        return
+    v = float(v)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        errors.append(f"{name} must be finite, got {v!r}")
+        return
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        errors.append(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+        return
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        errors.append(f"{name} must be {'<' if hi_open else '<='} {hi}, got {v!r}")
+        return
+    setattr(obj, name, v)
+
+
+def check_int(obj: Any, name: str, errors: list[str], lo: int, allow_none: bool = False) -> None:
+    """Validate the integer ``obj.<name>`` >= lo (None allowed if told): normalise it to int, or append
+    the reason to ``errors``."""
+    v = getattr(obj, name)
+    if v is None and allow_none:
+        return
+    if not _is_int(v):
+        errors.append(f"{name} must be an integer, got {v!r}")
+        return
+    v = int(v)
+    if v < lo:
+        errors.append(f"{name} must be >= {lo}, got {v}")
+        return
+    setattr(obj, name, v)
+
+
+@dataclasses.dataclass(frozen=True)
+class Screening:
+    """Verdict of :meth:`ResidualScreen.screen` on one measurement."""
+
+    value: float
+    """What the model should learn: the measurement (inlier, warm-up) or its Huber-clipped value."""
+    outlier: bool
+    """The residual was beyond the threshold (clipped, or part of a change of load)."""
+    change: tuple[Any, ...] | None = None
+    """Change of load: the payloads of the consecutive same-side outliers, oldest first (learn them
+    raw after forgetting most of the past); None otherwise."""
+
+
+class ResidualScreen:
+    """Spike rejection of a latency model: robust residual scale, Huber clipping, change of load.
+
+    The scale is an exponentially weighted mean absolute residual, floored at a fraction of the
+    latency level. A residual beyond ``threshold`` scales is an outlier and is clipped to the
+    threshold; ``change_frames`` consecutive outliers on the same side are a change of load.
+    """
+
+    def __init__(self, threshold: float = 4.0, change_frames: int = 2) -> None:
+        self.threshold = threshold
+        self.change_frames = change_frames
+        self.reset()
+
+    def reset(self) -> None:
+        self._scale = math.nan
+        self._sign = 0
+        self._streak = 0
+        self._pending: list[Any] = []
+
+    @property
+    def scale(self) -> float:
+        """Current robust residual scale (NaN before :meth:`start`)."""
+        return self._scale
+
+    def start(self, level: float) -> None:
+        """First measurement (taken as it is): the scale starts at a fraction of its level."""
+        self._scale = _INITIAL_SCALE * level
+
+    def _clear(self) -> None:
+        self._sign = 0
+        self._streak = 0
+        self._pending.clear()
+
+    def screen(self, measured: float, predicted: float, payload: Any = None, check: bool = True) -> Screening:
+        """Screen ``measured`` against the model's ``predicted``; ``payload`` is returned with a change
+        of load; ``check`` false (warm-up) accepts any residual."""
+        resid = measured - predicted
+        level = max(abs(predicted), measured, 1e-9)
+        scale = max(self._scale, _SCALE_FLOOR * level)
+        threshold = self.threshold * scale
+        if not check or abs(resid) <= threshold:
+            self._clear()
+            self._scale = _SCALE_SMOOTHING * scale + (1.0 - _SCALE_SMOOTHING) * abs(resid)
+            return Screening(measured, False)
+        sign = 1 if resid > 0 else -1
+        if sign != self._sign:
+            self._streak = 0
+            self._pending.clear()
+        self._sign = sign
+        self._streak += 1
+        self._pending.append(payload)
+        if self._streak >= self.change_frames:
+            change = tuple(self._pending)
+            self._clear()
+            self._scale = scale
+            return Screening(measured, True, change)
+        self._scale = _SCALE_SMOOTHING * scale + (1.0 - _SCALE_SMOOTHING) * threshold
+        return Screening(predicted + sign * threshold, True)
+
+
+def check_screen_fields(obj: Any, errors: list[str]) -> None:
+    """Validate the :class:`ResidualScreen` fields ``outlier_threshold`` (> 1, inf allowed) and
+    ``change_frames`` (>= 1) of a controller config."""
+    check_real(obj, "outlier_threshold", errors, 1.0, None, True, False, allow_inf=True)
+    check_int(obj, "change_frames", errors, 1)
+
+
 @dataclasses.dataclass
-class BudgetControllerConfig:
-    """Parameters of :class:`BudgetController`; validated on construction (ValueError)."""
+class LatencyTarget:
+    """What the node's latency controllers share: the deadline, the setpoint and a hysteresis band
+    (base of their configs; :meth:`check_target` validates it)."""
 
     deadline_s: float = 0.1
     """Per-frame latency deadline in seconds."""
@@ -65,6 +185,22 @@ class BudgetControllerConfig:
     """Target latency as a fraction of the deadline, in (0, 1]."""
     hysteresis: float = 0.05
     """Half-width of the no-change band around the target, as a fraction of it, in [0, 0.5)."""
+
+    def check_target(self, errors: list[str]) -> None:
+        check_real(self, "deadline_s", errors, 0.0, None, True, False)
+        check_real(self, "setpoint", errors, 0.0, 1.0, True, False)
+        check_real(self, "hysteresis", errors, 0.0, 0.5, False, True)
+
+    @property
+    def target_s(self) -> float:
+        """Latency the controller aims for: ``deadline_s * setpoint``."""
+        return self.deadline_s * self.setpoint
+
+
+@dataclasses.dataclass
+class BudgetControllerConfig(LatencyTarget):
+    """Parameters of :class:`BudgetController`; validated on construction (ValueError)."""
+
     max_step: float = 0.25
     """Largest budget change per frame as a fraction of the current budget, in (0, 1]."""
     min_budget: int = 256
@@ -91,48 +227,21 @@ class BudgetControllerConfig:
 
         def real(name: str, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool,
                  allow_inf: bool = False) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                errors.append(f"{name} must be a number, got {v!r}")
-                return
-            v = float(v)
-            if math.isnan(v) or (math.isinf(v) and not allow_inf):
-                errors.append(f"{name} must be finite, got {v!r}")
-                return
-            if lo is not None and (v < lo or (lo_open and v == lo)):
-                errors.append(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
-                return
-            if hi is not None and (v > hi or (hi_open and v == hi)):
-                errors.append(f"{name} must be {'<' if hi_open else '<='} {hi}, got {v!r}")
-                return
-            setattr(self, name, v)
+            check_real(self, name, errors, lo, hi, lo_open, hi_open, allow_inf)
 
         def integer(name: str, lo: int, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if not _is_int(v):
-                errors.append(f"{name} must be an integer, got {v!r}")
-                return
-            v = int(v)
-            if v < lo:
-                errors.append(f"{name} must be >= {lo}, got {v}")
-                return
-            setattr(self, name, v)
+            check_int(self, name, errors, lo, allow_none)
 
-        real("deadline_s", 0.0, None, True, False)
-        real("setpoint", 0.0, 1.0, True, False)
-        real("hysteresis", 0.0, 0.5, False, True)
+        self.check_target(errors)
         real("max_step", 0.0, 1.0, True, False)
         real("forgetting", 0.0, 1.0, True, False)
-        real("outlier_threshold", 1.0, None, True, False, allow_inf=True)
+        check_screen_fields(self, errors)
         real("saturation_slack", 0.0, 1.0, False, True)
         real("slope_prior_weight", 0.0, None, False, False)
         integer("min_budget", 1)
         integer("max_budget", 1)
         integer("initial_budget", 1)
         integer("max_step_abs", 1, allow_none=True)
-        integer("change_frames", 1)
         integer("miss_backoff_frames", 0)
         if not errors:
             if self.max_budget < self.min_budget:
@@ -146,11 +255,6 @@ class BudgetControllerConfig:
                 )
         if errors:
             raise ValueError("invalid BudgetControllerConfig: " + "; ".join(errors))
-
-    @property
-    def target_s(self) -> float:
-        """Latency the controller aims for: ``deadline_s * setpoint``."""
-        return self.deadline_s * self.setpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +331,44 @@ class _LatencyModel:
         return a + b * tokens
 
 
-class BudgetController:
+class LatencyController:
+    """What the node's controllers share: a :class:`LatencyTarget` config (``_config``) changed at run
+    time through :meth:`reconfigure`, a :class:`ResidualScreen` (``_screen``) and a deadline-miss streak
+    (``_over_streak``)."""
+
+    _config: Any
+    _screen: ResidualScreen
+    _over_streak: int
+
+    @property
+    def deadline_s(self) -> float:
+        return self._config.deadline_s
+
+    def set_deadline(self, deadline_s: float, setpoint: float | None = None) -> Any:
+        """Change the deadline (and optionally the setpoint); returns what :meth:`reconfigure` returns."""
+        changes: dict[str, Any] = {"deadline_s": deadline_s}
+        if setpoint is not None:
+            changes["setpoint"] = setpoint
+        return self.reconfigure(**changes)
+
+    def reconfigure(self, **changes: Any) -> Any:
+        raise NotImplementedError
+
+    def _replace_config(self, changes: dict[str, Any]) -> Any:
+        """Validate and install ``changes`` to the config (ValueError: nothing changes); returns the old one."""
+        cls = type(self._config)
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {unknown}")
+        old = self._config
+        self._config = dataclasses.replace(old, **changes)  # validates in __post_init__
+        self._screen.threshold, self._screen.change_frames = self._config.outlier_threshold, self._config.change_frames
+        if self._config.deadline_s != old.deadline_s:
+            self._over_streak = 0
+        return old
+
+
+class BudgetController(LatencyController):
     """Picks the next frame's token budget from measured latency (see module docstring).
 
     Example::
@@ -245,6 +386,7 @@ class BudgetController:
         if not isinstance(self._config, BudgetControllerConfig):
             raise TypeError(f"config must be a BudgetControllerConfig, got {type(config).__name__}")
         self._model = _LatencyModel(self._config.forgetting, self._config.slope_prior_weight)
+        self._screen = ResidualScreen(self._config.outlier_threshold, self._config.change_frames)
         self.reset()
 
     # ----------------------------------------------------------------------------------------
@@ -263,10 +405,7 @@ class BudgetController:
         """Forget the model and statistics; the budget returns to ``initial_budget``."""
         self._model.reset()
         self._budget = int(self._config.initial_budget)
-        self._scale = math.nan
-        self._outlier_sign = 0
-        self._outlier_streak = 0
-        self._pending: list[tuple[float, float]] = []
+        self._screen.reset()
         self._over_streak = 0
         self._frames = 0
         self._ignored = 0
@@ -301,13 +440,6 @@ class BudgetController:
         self._budget = self._decide(tok)
         return self._budget
 
-    def set_deadline(self, deadline_s: float, setpoint: float | None = None) -> int:
-        """Change the deadline (and optionally the setpoint); takes effect at the next update."""
-        changes: dict[str, Any] = {"deadline_s": deadline_s}
-        if setpoint is not None:
-            changes["setpoint"] = setpoint
-        return self.reconfigure(**changes)
-
     def set_bounds(self, min_budget: int, max_budget: int) -> int:
         """Change the budget clamp; the current budget is clamped immediately and returned."""
         return self.reconfigure(min_budget=min_budget, max_budget=max_budget)
@@ -318,22 +450,15 @@ class BudgetController:
         If the bounds change and ``initial_budget`` is not given, it is clamped into the new
         bounds.  The model is kept.  Returns the (possibly clamped) current budget.
         """
-        names = {f.name for f in dataclasses.fields(BudgetControllerConfig)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown BudgetControllerConfig field(s): {unknown}")
         cfg = self._config
         if "initial_budget" not in changes and ("min_budget" in changes or "max_budget" in changes):
             lo = changes.get("min_budget", cfg.min_budget)
             hi = changes.get("max_budget", cfg.max_budget)
             if _is_int(lo) and _is_int(hi) and lo <= hi:
                 changes["initial_budget"] = min(max(cfg.initial_budget, int(lo)), int(hi))
-        new_cfg = dataclasses.replace(cfg, **changes)  # validates in __post_init__
-        self._config = new_cfg
-        self._model.forgetting = new_cfg.forgetting
-        self._model.prior_weight = new_cfg.slope_prior_weight
-        if new_cfg.deadline_s != cfg.deadline_s:
-            self._over_streak = 0
+        self._replace_config(changes)
+        self._model.forgetting = self._config.forgetting
+        self._model.prior_weight = self._config.slope_prior_weight
         self._budget = self._clamp(self._budget)
         return self._budget
 
@@ -376,47 +501,23 @@ class BudgetController:
         return step
 
     def _observe(self, tok: float, latency: float) -> None:
-        """Robust model update: Huber-clip outliers, detect changes of load."""
+        """Robust model update: Huber-clip outliers, detect changes of load (:class:`ResidualScreen`)."""
         model = self._model
-        cfg = self._config
         if not model.ready:
             model.add(tok, latency)
-            self._scale = _INITIAL_SCALE * latency
+            self._screen.start(latency)
             return
-        pred = model.predict(tok)
-        resid = latency - pred
-        level = max(abs(pred), latency, 1e-9)
-        scale = max(self._scale, _SCALE_FLOOR * level)
-        threshold = cfg.outlier_threshold * scale
-        if model.count < _WARMUP_FRAMES or abs(resid) <= threshold:
-            model.add(tok, latency)
-            self._outlier_streak = 0
-            self._outlier_sign = 0
-            self._pending.clear()
-            self._scale = _SCALE_SMOOTHING * scale + (1.0 - _SCALE_SMOOTHING) * abs(resid)
-            return
-
-        self._outliers += 1
-        sign = 1 if resid > 0 else -1
-        if sign != self._outlier_sign:
-            self._outlier_streak = 0
-            self._pending.clear()
-        self._outlier_sign = sign
-        self._outlier_streak += 1
-        self._pending.append((tok, latency))
-        if self._outlier_streak >= cfg.change_frames:
+        verdict = self._screen.screen(latency, model.predict(tok), payload=(tok, latency),
+                                      check=model.count >= WARMUP_FRAMES)
+        self._outliers += int(verdict.outlier)
+        if verdict.change is not None:
             # Change of load: forget most of the past, learn from the raw new measurements.
-            model.discount(_CHANGE_KEEP)
-            for t, l in self._pending:
+            model.discount(CHANGE_KEEP)
+            for t, l in verdict.change:
                 model.add(t, l)
             self._load_changes += 1
-            self._outlier_streak = 0
-            self._outlier_sign = 0
-            self._pending.clear()
-            self._scale = scale
         else:
-            model.add(tok, pred + sign * threshold)  # Huber-clipped
-            self._scale = _SCALE_SMOOTHING * scale + (1.0 - _SCALE_SMOOTHING) * threshold
+            model.add(tok, verdict.value)
 
     def _decide(self, tok: int) -> int:
         cfg = self._config

@@ -6,24 +6,43 @@ from typing import Any, Mapping
 
 from foundry_ros import params as P
 from foundry_ros.budget import BudgetController
+from foundry_ros.operating_points import OperatingPointController
 from foundry_ros.frame_stats import StatsSnapshot
 from foundry_ros.model import ModelInfo
 
-__all__ = ["diagnostic_values", "key_values"]
+__all__ = ["diagnostic_values", "control_values", "key_values"]
 
 
-def diagnostic_values(stats: StatsSnapshot, controller: BudgetController, params: Mapping[str, Any],
-                      model: ModelInfo, sensor_period_s: float | None) -> dict[str, Any]:
-    """``level_msg`` ((level, message) of :func:`params.diagnostic_level`) and the status values."""
+def control_values(controller: BudgetController | OperatingPointController, params: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """The controller's part of the status: the chosen operating point, its predicted latency and the
+    load factor (operating points), or the budget and its bounds (token budget)."""
+    if isinstance(controller, OperatingPointController):
+        st = controller.state
+        fixed = params["operating_point"] != P.AUTO
+        point = params["operating_point"] if fixed else st.point
+        return dict(control="operating_points", operating_point=point,
+                    operating_point_mode="fixed" if fixed else "auto",
+                    predicted_latency_ms=controller.predict(point) * 1e3, load_factor=st.load_factor,
+                    overhead_ms=st.overhead_s * 1e3,
+                    operating_point_switches=st.switches, load_changes=st.load_changes,
+                    operating_points=",".join(controller.ladder))
     st, cfg = controller.state, controller.config
+    return dict(control="token_budget", next_budget=st.budget, min_budget=cfg.min_budget, max_budget=cfg.max_budget,
+                predicted_latency_ms=st.predicted_latency_s * 1e3)
+
+
+def diagnostic_values(stats: StatsSnapshot, controller: BudgetController | OperatingPointController,
+                      params: Mapping[str, Any], model: ModelInfo, sensor_period_s: float | None) -> dict[str, Any]:
+    """``level_msg`` ((level, message) of :func:`params.diagnostic_level`) and the status values."""
     return dict(
         level_msg=P.diagnostic_level(
             frames=stats.frames, last_over_deadline=stats.last_over_deadline, over_streak=stats.over_streak,
             error_frames=params["diagnostics_error_frames"], predictor_failed=stats.predictor_failed_last,
             decode_errors_recent=stats.decode_errors_recent),
         backend=model.backend, precision=model.precision, model_hash=model.model_hash,
-        budget=stats.last_budget, next_budget=st.budget, min_budget=cfg.min_budget, max_budget=cfg.max_budget,
-        controller_enabled=params["controller_enabled"], deadline_ms=st.deadline_s * 1e3,
+        budget=stats.last_budget, **control_values(controller, params),
+        controller_enabled=params["controller_enabled"], deadline_ms=controller.deadline_s * 1e3,
         deadline_source="parameter" if params["deadline_ms"] > 0 else "sensor period",
         sensor_period_ms=(sensor_period_s or math.nan) * 1e3,
         latency_last_ms=stats.last_latency_s * 1e3, latency_p50_ms=stats.latency_p50_s * 1e3,

@@ -36,6 +36,9 @@ class ModelInfo:
     min_budget: int | None = None
     max_budget: int | None = None
     in_channels: int | None = None
+    operating_points: tuple[Any, ...] = ()
+    """The model's operating points (foundry_core.configs.OperatingPoint), cheapest first; empty: the
+    predictor has none (or predates them) and the node steers the token budget instead."""
 
     @classmethod
     def of(cls, predictor: Any) -> ModelInfo:
@@ -45,7 +48,20 @@ class ModelInfo:
                    model_hash=str(getattr(predictor, "model_hash", "")),
                    min_budget=getattr(predictor, "min_budget", None),
                    max_budget=getattr(predictor, "max_budget", None),
-                   in_channels=getattr(predictor, "in_channels", None))
+                   in_channels=getattr(predictor, "in_channels", None),
+                   operating_points=tuple(getattr(predictor, "operating_points", None) or ()))
+
+    @property
+    def point_names(self) -> tuple[str, ...]:
+        """Names of :attr:`operating_points`, in their order."""
+        return tuple(op.name for op in self.operating_points)
+
+    def point(self, name: str) -> Any:
+        """The operating point called ``name`` (KeyError if the model has none of that name)."""
+        for op in self.operating_points:
+            if op.name == name:
+                return op
+        raise KeyError(name)
 
 
 def check_channels(in_channels: int | None, extra_fields: Sequence[str]) -> str | None:

@@ -6,9 +6,12 @@ Usage (console entry ``foundry-node``, also ``python -m foundry_ros.node``)::
 
 The node holds no model logic: it decodes clouds, asks a predictor (``Predictor.from_checkpoint``
 of :mod:`foundry_core.runtime.predictor`, or any object with the same contract injected through
-``predictor_factory``) for a token-budgeted prediction, maps the per-point results back onto the
-input grid and publishes them. The budget comes from :class:`foundry_ros.budget.BudgetController`,
-fed with the measured latency receive -> publish. The logic lives in ROS-free modules: parameters
+``predictor_factory``) for a prediction that fits the deadline, maps the per-point results back onto
+the input grid and publishes them. A model with operating points runs every frame at the point
+chosen by :class:`foundry_ros.operating_points.OperatingPointController` (seeded at start with the
+points' calibrated costs, ``predictor.calibrate()``; or at the fixed ``operating_point``); a model
+without them at the token budget of :class:`foundry_ros.budget.BudgetController`. Either is fed with
+the measured latency receive -> publish. The logic lives in ROS-free modules: parameters
 (:mod:`~foundry_ros.params`), model input / outputs (:mod:`~foundry_ros.frame_io`), counters
 (:mod:`~foundry_ros.frame_stats`), the report (:mod:`~foundry_ros.report`), diagnostics
 (:mod:`~foundry_ros.diagnostics`); this file only wires them to topics, timers and threads.
@@ -83,6 +86,7 @@ from foundry_ros.frame_stats import FrameStats
 from foundry_ros.label_map import label_rows
 from foundry_ros.model import ModelInfo, PredictorFactory, check_channels, default_predictor_factory
 from foundry_ros.msg_values import fill_message
+from foundry_ros.operating_points import OperatingPointController, calibration_table, point_costs
 from foundry_ros.pointcloud2 import DecodedCloud, PointCloud2Error, decode_pointcloud2, make_pointcloud2
 from foundry_ros.qos import input_qos, latched, reliable, subscribe_with_events
 from foundry_ros.report import StageTimes, build_report
@@ -128,9 +132,8 @@ class FoundryNode(Node):
         self._predictor, self._model = self._init_predictor(predictor_factory or default_predictor_factory)
         self._lock = threading.RLock()  # controller, parameters, period estimator
         self._period = P.PeriodEstimator()
-        self._controller = BudgetController(P.controller_config(
-            self._p, self._period.deadline_s(self._p["deadline_ms"]), self._model.min_budget, self._model.max_budget))
-        self._stats = FrameStats(initial_budget=self._controller.budget)
+        self._controller = self._init_controller(self._period.deadline_s(self._p["deadline_ms"]))
+        self._stats = FrameStats(initial_budget=self._initial_budget())
         self._init_publishers()
         self._slot = NewestFrameSlot()
         self._worker = threading.Thread(target=self._run_worker, name="foundry-worker", daemon=True)
@@ -158,10 +161,44 @@ class FoundryNode(Node):
         warning = check_channels(model.in_channels, p["extra_fields"])
         if warning:
             self.get_logger().warning(warning)
+        error = P.check_operating_point(p["operating_point"], model.point_names)
+        if error:
+            raise ValueError(error)
         warm_up = getattr(predictor, "warm_up", None)
         if callable(warm_up):                # first-call set-up costs off the first sensor frame
             self.get_logger().info(f"predictor warm-up: {warm_up():.0f} ms")
         return predictor, model
+
+    def _init_controller(self, deadline_s: float) -> BudgetController | OperatingPointController:
+        """The OperatingPointController seeded with calibrated costs (a model with operating points), else
+        the BudgetController."""
+        m = self._model
+        if not m.operating_points:
+            return BudgetController(P.controller_config(self._p, deadline_s, m.min_budget, m.max_budget))
+        try:
+            measured = self._predictor.calibrate()
+        except Exception as e:  # a failed calibration falls back on the model card's latencies
+            self.get_logger().warning(f"predictor.calibrate() failed ({type(e).__name__}: {e}); operating point "
+                                      f"costs from the model card or estimated")
+            measured = {}
+        costs, source = point_costs(m.operating_points, measured)
+        controller = OperatingPointController(costs, P.op_controller_config(self._p, deadline_s))
+        self.get_logger().info("operating points (cheapest first):\n"
+                               + calibration_table(m.operating_points, costs, source, controller.ladder))
+        return controller
+
+    def _initial_budget(self) -> int:
+        if isinstance(self._controller, BudgetController):
+            return self._controller.budget
+        op = self._model.point(P.frame_control(self._controller, self._p, self._controller.deadline_s).operating_point)
+        return int(op.budget if op.budget is not None else op.centers)
+
+    def _control_summary(self) -> str:
+        ctl = self._controller
+        if isinstance(ctl, OperatingPointController):
+            point = ctl.point if self._p["operating_point"] == P.AUTO else self._p["operating_point"]
+            return f"operating point {point} ({self._p['operating_point']}), deadline {ctl.deadline_s * 1e3:.1f} ms"
+        return f"budget {ctl.budget}, deadline {ctl.deadline_s * 1e3:.1f} ms"
 
     def _init_publishers(self) -> None:
         M = self._msg
@@ -183,12 +220,16 @@ class FoundryNode(Node):
                                              callback_group=self._timer_group)
 
     def _log_start(self) -> None:
-        p, m, cfg = self._p, self._model, self._controller.config
+        p, m, ctl = self._p, self._model, self._controller
         deadline = "auto (sensor period)" if p["deadline_ms"] <= 0 else f"{p['deadline_ms']} ms"
+        if isinstance(ctl, BudgetController):
+            control = f"budget={ctl.budget} in [{ctl.config.min_budget}, {ctl.config.max_budget}]"
+        else:
+            control = f"operating_point={p['operating_point']} (now {ctl.point}) of {list(m.point_names)}"
         self.get_logger().info(
             f"foundry node up: backend={m.backend} precision={m.precision} model={m.model_hash or '?'} "
             f"inputs={p['input_topics']} qos={p['qos_reliability']}/depth {p['qos_depth']} "
-            f"budget={self._controller.budget} in [{cfg.min_budget}, {cfg.max_budget}] deadline={deadline}")
+            f"{control} deadline={deadline}")
 
     # ============================================================================================
     # parameters
@@ -199,7 +240,7 @@ class FoundryNode(Node):
         return dict(self._p)
 
     @property
-    def controller(self) -> BudgetController:
+    def controller(self) -> BudgetController | OperatingPointController:
         return self._controller
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -209,7 +250,7 @@ class FoundryNode(Node):
         with self._lock:
             try:
                 new_p, ctl = P.plan_change(self._p, changes, self._period, self._model.min_budget,
-                                           self._model.max_budget)
+                                           self._model.max_budget, self._model.point_names)
             except ValueError as e:
                 self.get_logger().warning(f"rejected parameter change {changes}: {e}")
                 return SetParametersResult(successful=False, reason=str(e))
@@ -220,8 +261,7 @@ class FoundryNode(Node):
                 return SetParametersResult(successful=False, reason=str(e))
             self._p = new_p
         self._apply_output_changes(changes)
-        self.get_logger().info(f"parameters changed: {P.normalise(changes)}; budget now {self._controller.budget}, "
-                               f"deadline {self._controller.config.deadline_s * 1e3:.1f} ms")
+        self.get_logger().info(f"parameters changed: {P.normalise(changes)}; now {self._control_summary()}")
         return SetParametersResult(successful=True)
 
     def _apply_output_changes(self, changes: dict[str, Any]) -> None:
@@ -285,14 +325,14 @@ class FoundryNode(Node):
             decoded, points = self._decode(frame, p)
             times.decoded = time.monotonic()
             with self._lock:
-                budget, deadline_s = P.frame_budget(self._controller, p, self._period.deadline_s(p["deadline_ms"]))
-            result = self._predict(frame, decoded, points, budget, p)
+                control = P.frame_control(self._controller, p, self._period.deadline_s(p["deadline_ms"]))
+            result = self._predict(frame, decoded, points, control, p)
         except _SkipFrame:
             return
         times.predicted = time.monotonic()
         header = output_header(frame.msg.header, p["frame_id_override"])
         self._publish_outputs(header, decoded, result, p, times)
-        self._finish_frame(header, decoded, result, budget, deadline_s, times, p)
+        self._finish_frame(header, decoded, result, control, times, p)
 
     def _check_age(self, frame: Frame, p: dict[str, Any]) -> None:
         if p["max_age_s"] <= 0.0:
@@ -322,19 +362,24 @@ class FoundryNode(Node):
                                       f"model", throttle_duration_sec=_LOG_THROTTLE_S)
         return decoded, points
 
-    def _predict(self, frame: Frame, decoded: DecodedCloud, points: Any, budget: int, p: dict[str, Any]) -> Any:
+    def _predict(self, frame: Frame, decoded: DecodedCloud, points: Any, control: P.FrameControl,
+                 p: dict[str, Any]) -> Any:
         """The predictor's result, None for a cloud without valid points."""
         if decoded.num_points == 0:
             return None
+        if control.operating_point:
+            how: dict[str, Any] = {"operating_point": control.operating_point}
+        else:
+            how = {"budget": control.budget}
         try:
-            result = self._predictor(points, budget=budget,
-                                     fusion_threshold=P.fusion_threshold_arg(p["fusion_threshold"]))
+            result = self._predictor(points, **how, fusion_threshold=P.fusion_threshold_arg(p["fusion_threshold"]))
             check_result(result, decoded.num_points)
         except Exception as e:
             self._stats.predictor_error()
             self.get_logger().error(
                 f"predictor failed on a {decoded.num_points}-point cloud from {frame.topic} "
-                f"(budget {budget}): {type(e).__name__}: {e}", throttle_duration_sec=_LOG_THROTTLE_S)
+                f"({', '.join(f'{k} {v}' for k, v in how.items())}): {type(e).__name__}: {e}",
+                throttle_duration_sec=_LOG_THROTTLE_S)
             raise _SkipFrame from e
         return result
 
@@ -352,18 +397,24 @@ class FoundryNode(Node):
                                      **embeddings_fields(result, self._model.model_hash)))
         times.published = time.monotonic()
 
-    def _finish_frame(self, header: Any, decoded: DecodedCloud, result: Any, budget: int, deadline_s: float,
+    def _finish_frame(self, header: Any, decoded: DecodedCloud, result: Any, control: P.FrameControl,
                       times: StageTimes, p: dict[str, Any]) -> None:
         """Count the frame, feed the controller, publish the report."""
         fr = result.report if result is not None else None
         tokens = int(fr.tokens_in_encoder) if fr is not None else 0
-        record = self._stats.frame_done(times.latency_s, deadline_s, tokens, budget)
+        point = control.operating_point
+        if point and fr is not None:
+            point = fr.operating_point or point  # the point the predictor ran at
+        budget = control.budget
+        if budget is None:
+            budget = int(fr.token_budget) if fr is not None else 0
+        record = self._stats.frame_done(times.latency_s, control.deadline_s, tokens, budget)
         if result is not None and p["controller_enabled"]:
             with self._lock:
-                self._controller.update(times.latency_s, tokens)
+                P.observe_frame(self._controller, times.latency_s, tokens, point, times.overhead_s)
         self._pub_report.publish(build_report(
             self._msg.InferenceReport, header, fr, times=times, points_in=decoded.num_points, budget=budget,
-            deadline_s=deadline_s, record=record, model=self._model))
+            deadline_s=control.deadline_s, record=record, model=self._model, operating_point=point))
 
     # ============================================================================================
     # once and periodic outputs

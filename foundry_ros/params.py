@@ -10,10 +10,17 @@ Parameter groups:
 * **read-only** (need a restart / model reload): ``model_path``, ``device``, ``precision``,
   ``input_topics``, ``qos_reliability``, ``qos_depth``, ``extra_fields`` (the model's input
   channels are fixed by its checkpoint).
-* **run time** (applied immediately): the budget controller (``deadline_ms``, ``setpoint``,
-  ``hysteresis``, ``max_step``, ``min_budget``, ``max_budget``, ``initial_budget``,
-  ``controller_enabled``), ``fusion_threshold``, ``max_age_s``, ``publish_embeddings``,
-  ``frame_id_override``, ``diagnostics_period_s``, ``diagnostics_error_frames``.
+* **run time** (applied immediately): the controller (``deadline_ms``, ``setpoint``,
+  ``hysteresis``, ``controller_enabled``; the token budget's ``max_step``, ``min_budget``,
+  ``max_budget``, ``initial_budget``; the operating points' ``operating_point``, ``climb_frames``),
+  ``fusion_threshold``, ``max_age_s``, ``publish_embeddings``, ``frame_id_override``,
+  ``diagnostics_period_s``, ``diagnostics_error_frames``.
+
+Two controllers. A model with operating points (``predictor.operating_points``) is steered by
+:class:`~foundry_ros.operating_points.OperatingPointController` (one point per frame;
+``operating_point`` ``auto``, or a fixed point name checked against the model's list); a model
+without them by :class:`~foundry_ros.budget.BudgetController` (the encoder token budget). Functions
+taking ``operating_points`` (the model's point names) use the first when it is non-empty.
 
 Note: a non-atomic ``set_parameters`` call validates each parameter on its own, so widening
 both budget bounds past each other (e.g. min 100..200 -> 300..400) must use
@@ -27,13 +34,15 @@ from collections import deque
 from typing import Any, Iterable, Mapping, Sequence
 
 from foundry_ros.budget import BudgetController, BudgetControllerConfig
+from foundry_ros.operating_points import OperatingPointConfig, OperatingPointController
 
 __all__ = [
     "ParamSpec", "PARAM_SPECS", "SPECS_BY_NAME", "READ_ONLY", "DEFAULT_DEADLINE_S",
     "RELIABILITY_CHOICES", "PRECISION_CHOICES", "default_params", "validate_params", "validate_change",
     "coerce_value", "normalise", "controller_config", "controller_changes", "plan_change", "frame_budget",
     "effective_bounds", "fusion_threshold_arg", "PeriodEstimator", "diagnostic_level",
-    "OK", "WARN", "ERROR",
+    "OK", "WARN", "ERROR", "AUTO", "check_operating_point", "op_controller_config", "FrameControl",
+    "frame_control", "follow_sensor_period", "observe_frame",
 ]
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
@@ -43,6 +52,8 @@ BACKEND_CHOICES = ("auto", "tensorrt", "torch", "onnxruntime")
 DEFAULT_DEADLINE_S = 0.1
 #: Diagnostic levels (same bytes as diagnostic_msgs/DiagnosticStatus OK/WARN/ERROR).
 OK, WARN, ERROR = 0, 1, 2
+#: ``operating_point`` value that lets the controller choose the point of every frame.
+AUTO = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,7 @@ class ParamSpec:
 
 
 _CTL = BudgetControllerConfig()
+_OPC = OperatingPointConfig()
 
 PARAM_SPECS: tuple[ParamSpec, ...] = (
     # --- model (read-only: a change needs a model reload) ------------------------------------
@@ -95,7 +107,7 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               "are dropped before inference. 0 disables the check.", lo=0.0, hi=3600.0),
     ParamSpec("frame_id_override", "", "str",
               "If non-empty, replaces header.frame_id of the outputs (default: the input's frame)."),
-    # --- budget controller ------------------------------------------------------------------------
+    # --- latency controller (shared) and token budget (models without operating points) ------------
     ParamSpec("deadline_ms", 0.0, "float",
               "Latency deadline receive->publish in ms; 0 derives it from the measured sensor period.",
               lo=0.0, hi=60000.0),
@@ -114,6 +126,14 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               lo=1, hi=1 << 20),
     ParamSpec("controller_enabled", True, "bool",
               "Closed-loop budget control; false runs every frame at initial_budget."),
+    # --- operating points (models that carry them) -------------------------------------------
+    ParamSpec("operating_point", AUTO, "str",
+              "Operating point of every frame for a model with operating points: 'auto' = chosen per frame "
+              "by the controller (the most accurate point predicted to fit the target), or a fixed point name.",
+              constraints="auto or one of the model's operating point names"),
+    ParamSpec("climb_frames", _OPC.climb_frames, "int",
+              "Consecutive frames with headroom (next richer point predicted <= target * (1 - hysteresis)) "
+              "before the controller climbs one operating point.", lo=1, hi=1000),
     ParamSpec("fusion_threshold", -1.0, "float",
               "SuperToken fusion threshold r in [0, 1] (merge tokens with gate probability > r) applied "
               "on top of the budget; -1 (any negative value) = budget-driven only.", lo=-1.0, hi=1.0),
@@ -174,8 +194,22 @@ def _check_one(spec: ParamSpec, value: Any) -> str | None:
     return None
 
 
-def validate_params(params: Mapping[str, Any]) -> list[str]:
-    """All problems of a complete parameter set (empty list: valid). Unknown names are ignored."""
+def check_operating_point(value: str, operating_points: Sequence[str] | None) -> str | None:
+    """The problem of ``operating_point`` = ``value`` for a model with these point names (None: fine;
+    ``operating_points`` None: the model is not known yet, only the form is checked)."""
+    if not value.strip():
+        return f"operating_point must be '{AUTO}' or an operating point name, got {value!r}"
+    if operating_points is None or value == AUTO or value in operating_points:
+        return None
+    if not operating_points:
+        return f"operating_point must be '{AUTO}': the model has no operating points, got {value!r}"
+    return f"operating_point must be '{AUTO}' or one of {list(operating_points)}, got {value!r}"
+
+
+def validate_params(params: Mapping[str, Any], operating_points: Sequence[str] | None = None) -> list[str]:
+    """All problems of a complete parameter set (empty list: valid). Unknown names are ignored.
+
+    ``operating_points``: the model's point names, to check ``operating_point`` against (None: not known)."""
     errors: list[str] = []
     values: dict[str, Any] = {}
     for name, value in params.items():
@@ -212,11 +246,16 @@ def validate_params(params: Mapping[str, Any]) -> list[str]:
     fusion = values.get("fusion_threshold")
     if fusion is not None and fusion > 1.0:
         errors.append(f"fusion_threshold must be -1 (budget-driven) or in [0, 1], got {fusion}")
+    point = values.get("operating_point")
+    if point is not None:
+        err = check_operating_point(point, operating_points)
+        if err:
+            errors.append(err)
     return errors
 
 
 def validate_change(current: Mapping[str, Any], changes: Mapping[str, Any],
-                    allow_read_only: bool = False) -> list[str]:
+                    allow_read_only: bool = False, operating_points: Sequence[str] | None = None) -> list[str]:
     """Problems of applying ``changes`` on top of ``current`` at run time (empty list: accepted)."""
     errors = []
     if not allow_read_only:
@@ -225,7 +264,7 @@ def validate_change(current: Mapping[str, Any], changes: Mapping[str, Any],
                 errors.append(f"{name} is read-only (restart the node to change it)")
     merged = dict(current)
     merged.update(changes)
-    return errors + validate_params(merged)
+    return errors + validate_params(merged, operating_points)
 
 
 def effective_bounds(min_budget: int, max_budget: int, model_min: int | None = None,
@@ -256,15 +295,30 @@ def controller_config(params: Mapping[str, Any], deadline_s: float, model_min: i
         min_budget=lo, max_budget=hi, initial_budget=init)
 
 
+def op_controller_config(params: Mapping[str, Any], deadline_s: float) -> OperatingPointConfig:
+    """OperatingPointConfig for a parameter set (deadline already resolved)."""
+    return OperatingPointConfig(deadline_s=float(deadline_s), setpoint=float(params["setpoint"]),
+                                hysteresis=float(params["hysteresis"]), climb_frames=int(params["climb_frames"]))
+
+
 def controller_changes(params_after: Mapping[str, Any], changed: Iterable[str],
-                       model_min: int | None = None, model_max: int | None = None) -> dict[str, Any]:
-    """``BudgetController.reconfigure`` keyword arguments for changed node parameters.
+                       model_min: int | None = None, model_max: int | None = None,
+                       operating_points: Sequence[str] | None = None) -> dict[str, Any]:
+    """``reconfigure`` keyword arguments of the node's controller for changed node parameters: the
+    OperatingPointController's when ``operating_points`` is non-empty, else the BudgetController's.
 
     ``params_after`` is the complete parameter set after the change; ``deadline_ms`` is not handled
     here (it needs the measured period, see :meth:`PeriodEstimator.deadline_s`).
     """
     changed = set(changed)
     out: dict[str, Any] = {}
+    if operating_points:
+        for name in ("setpoint", "hysteresis"):
+            if name in changed:
+                out[name] = float(params_after[name])
+        if "climb_frames" in changed:
+            out["climb_frames"] = int(params_after["climb_frames"])
+        return out
     for name in ("setpoint", "hysteresis", "max_step"):
         if name in changed:
             out[name] = float(params_after[name])
@@ -276,35 +330,75 @@ def controller_changes(params_after: Mapping[str, Any], changed: Iterable[str],
 
 
 def plan_change(current: Mapping[str, Any], changes: Mapping[str, Any], period: PeriodEstimator,
-                model_min: int | None = None, model_max: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(parameter set after ``changes``, ``BudgetController.reconfigure`` keyword arguments) of a
-    run-time change; ValueError with the reasons when the change is rejected."""
-    errors = validate_change(current, changes)
+                model_min: int | None = None, model_max: int | None = None,
+                operating_points: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(parameter set after ``changes``, the controller's ``reconfigure`` keyword arguments, see
+    :func:`controller_changes`) of a run-time change; ValueError with the reasons when it is rejected."""
+    errors = validate_change(current, changes, operating_points=operating_points)
     if errors:
         raise ValueError("; ".join(errors))
     new_p = dict(current)
     new_p.update(normalise(changes))
-    ctl = controller_changes(new_p, changes, model_min, model_max)
+    ctl = controller_changes(new_p, changes, model_min, model_max, operating_points)
     if "deadline_ms" in changes:
         ctl["deadline_s"] = period.deadline_s(new_p["deadline_ms"])
     return new_p, ctl
+
+
+def follow_sensor_period(controller: BudgetController | OperatingPointController, params: Mapping[str, Any],
+                         measured_deadline_s: float) -> float:
+    """The controller's deadline (s) for the next frame: with ``deadline_ms == 0`` it follows
+    ``measured_deadline_s`` (the sensor period) once that moved by more than 2 %."""
+    deadline = controller.deadline_s
+    if params["deadline_ms"] <= 0.0 and abs(measured_deadline_s - deadline) > 0.02 * deadline:
+        controller.set_deadline(measured_deadline_s)
+    return controller.deadline_s
 
 
 def frame_budget(controller: BudgetController, params: Mapping[str, Any], measured_deadline_s: float
                  ) -> tuple[int, float]:
     """(token budget, deadline s) of the next frame.
 
-    With ``deadline_ms == 0`` the controller's deadline follows ``measured_deadline_s`` (the sensor
-    period) once it moved by more than 2 %; with ``controller_enabled`` false every frame runs at
-    ``initial_budget`` (clamped into the bounds).
+    The deadline follows the sensor period (:func:`follow_sensor_period`); with ``controller_enabled``
+    false every frame runs at ``initial_budget`` (clamped into the bounds).
     """
-    cfg = controller.config
-    if params["deadline_ms"] <= 0.0 and abs(measured_deadline_s - cfg.deadline_s) > 0.02 * cfg.deadline_s:
-        controller.set_deadline(measured_deadline_s)
-        cfg = controller.config
+    deadline = follow_sensor_period(controller, params, measured_deadline_s)
     if params["controller_enabled"]:
-        return controller.budget, cfg.deadline_s
-    return min(max(cfg.initial_budget, cfg.min_budget), cfg.max_budget), cfg.deadline_s
+        return controller.budget, deadline
+    cfg = controller.config
+    return min(max(cfg.initial_budget, cfg.min_budget), cfg.max_budget), deadline
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameControl:
+    """How the next frame runs: at a token budget (BudgetController) or at an operating point."""
+
+    budget: int | None  # token budget (None: an operating point decides it)
+    operating_point: str  # operating point name ("" with a token budget)
+    deadline_s: float
+
+
+def frame_control(controller: BudgetController | OperatingPointController, params: Mapping[str, Any],
+                  measured_deadline_s: float) -> FrameControl:
+    """:class:`FrameControl` of the next frame. With operating points: the parameter's fixed point, or
+    (``operating_point`` auto) the controller's, which stays where it is while ``controller_enabled``
+    is false (no learning)."""
+    if isinstance(controller, OperatingPointController):
+        deadline = follow_sensor_period(controller, params, measured_deadline_s)
+        fixed = params["operating_point"]
+        return FrameControl(None, controller.point if fixed == AUTO else fixed, deadline)
+    budget, deadline = frame_budget(controller, params, measured_deadline_s)
+    return FrameControl(budget, "", deadline)
+
+
+def observe_frame(controller: BudgetController | OperatingPointController, latency_s: float, tokens: int,
+                  operating_point: str, overhead_s: float | None = None) -> None:
+    """Feed one measured frame to the controller (its token count, or the point it ran at and the part
+    of its latency spent outside the model)."""
+    if isinstance(controller, OperatingPointController):
+        controller.update(latency_s, operating_point, overhead_s)
+    else:
+        controller.update(latency_s, tokens)
 
 
 def fusion_threshold_arg(value: float) -> float | None:

@@ -28,6 +28,11 @@ class StageTimes:
         """Receive -> publish."""
         return self.published - self.received
 
+    @property
+    def overhead_s(self) -> float:
+        """The part of :attr:`latency_s` outside the predictor call (queueing, decode, mapping, publish)."""
+        return self.latency_s - (self.predicted - self.decoded)
+
 
 def fusion_ratio(tokens_in_encoder: int, num_centers: int) -> float:
     """tokens_in_encoder / num_centers in (0, 1]; 1.0 when nothing entered the encoder or c is unknown."""
@@ -37,11 +42,12 @@ def fusion_ratio(tokens_in_encoder: int, num_centers: int) -> float:
 
 
 def report_fields(frame_report: Any | None, *, times: StageTimes, points_in: int, budget: int, deadline_s: float,
-                  record: FrameRecord, model: ModelInfo) -> dict[str, Any]:
+                  record: FrameRecord, model: ModelInfo, operating_point: str = "") -> dict[str, Any]:
     """InferenceReport field values (all but ``header``) of one published frame.
 
     ``frame_report`` is the predictor's FrameReport, None when the cloud had no valid point (no
-    predictor call); ``points_in`` counts the decoded (finite) points given to the predictor.
+    predictor call); ``points_in`` counts the decoded (finite) points given to the predictor;
+    ``operating_point`` is the point the frame ran at ("" under token-budget control).
     """
     fr = frame_report
     tokens = int(fr.tokens_in_encoder) if fr is not None else 0
@@ -49,7 +55,7 @@ def report_fields(frame_report: Any | None, *, times: StageTimes, points_in: int
     used = int(fr.points_used) if fr is not None else 0
     ms = dict(fr.timings_ms) if fr is not None else {}
     return {
-        "tokens_in_encoder": u32(tokens), "token_budget": u32(budget),
+        "operating_point": str(operating_point), "tokens_in_encoder": u32(tokens), "token_budget": u32(budget),
         "fusion_ratio": fusion_ratio(tokens, centers),
         "fusion_threshold": f32(fr.fusion_threshold) if fr is not None else math.nan,
         "num_centers": u32(centers),

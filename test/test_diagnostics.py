@@ -4,6 +4,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from foundry_ros import params as P
 from foundry_ros.budget import BudgetController
@@ -12,6 +13,7 @@ from foundry_ros.embeddings import embeddings_fields
 from foundry_ros.frame_stats import FrameStats
 from foundry_ros.label_map import LabelRow, label_rows
 from foundry_ros.model import ModelInfo
+from foundry_ros.operating_points import OperatingPointController, PointCost
 
 
 def test_diagnostic_values_from_counters_controller_and_parameters():
@@ -30,6 +32,27 @@ def test_diagnostic_values_from_counters_controller_and_parameters():
     text = dict(key_values(values))
     assert text["latency_p95_ms"] == "250.000" and text["sensor_period_ms"] == "nan"
     assert text["controller_enabled"] == "True" and text["over_deadline_streak"] == "1"
+    assert values["control"] == "token_budget" and values["next_budget"] == ctl.budget
+    assert "operating_point" not in values
+
+
+def test_diagnostic_values_show_the_operating_point_its_predicted_latency_and_the_load():
+    p = dict(P.default_params(), deadline_ms=100.0)
+    ctl = OperatingPointController([PointCost("fast", 0.01), PointCost("full", 0.05)], P.op_controller_config(p, 0.1))
+    for _ in range(5):
+        ctl.update(0.06, "full")  # 1.2 x the calibrated cost
+    stats = FrameStats()
+    stats.frame_done(0.06, 0.1, 512, 512)
+    values = diagnostic_values(stats.snapshot(), ctl, p, ModelInfo(backend="fake"), None)
+    assert values.pop("level_msg") == (P.OK, "running")
+    assert values["control"] == "operating_points" and values["operating_point"] == "full"
+    assert values["operating_point_mode"] == "auto" and values["operating_points"] == "fast,full"
+    assert values["load_factor"] == pytest.approx(1.2) and values["predicted_latency_ms"] == pytest.approx(60.0)
+    assert values["deadline_ms"] == 100.0 and "next_budget" not in values and values["overhead_ms"] == 0.0
+    fixed = diagnostic_values(stats.snapshot(), ctl, dict(p, operating_point="fast"), ModelInfo(), None)
+    assert (fixed["operating_point"], fixed["operating_point_mode"]) == ("fast", "fixed")
+    assert fixed["predicted_latency_ms"] == pytest.approx(12.0)  # the fixed point's, under the same load
+    assert dict(key_values(fixed))["load_factor"] == "1.200"
 
 
 def test_label_rows_sorted_padded_and_negative_ids_left_out():

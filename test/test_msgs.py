@@ -33,7 +33,7 @@ LabelEntry, LabelMap = msgs.LabelEntry, msgs.LabelMap
 
 EXPECTED_FIELDS = {
     InferenceReport: {
-        "header": "std_msgs/Header",
+        "header": "std_msgs/Header", "operating_point": "string",
         "tokens_in_encoder": "uint32", "token_budget": "uint32", "num_centers": "uint32",
         "fusion_ratio": "float", "fusion_threshold": "float",
         "backend": "string", "precision": "string", "model_hash": "string",
@@ -86,8 +86,15 @@ def test_field_checks_on_request():
         TokenEmbeddings(check_fields=True, features=["x"])
 
 
-@pytest.mark.parametrize("make", [lambda: sample_report(3), sample_label_map, lambda: sample_embeddings(64, 32)],
-                         ids=["InferenceReport", "LabelMap", "TokenEmbeddings"])
+def _report_at_a_point():
+    m = sample_report(4)
+    m.operating_point = "balanced"
+    return m
+
+
+@pytest.mark.parametrize("make", [lambda: sample_report(3), _report_at_a_point, sample_label_map,
+                                  lambda: sample_embeddings(64, 32)],
+                         ids=["InferenceReport", "InferenceReport-operating-point", "LabelMap", "TokenEmbeddings"])
 def test_serialization_round_trip(make):
     m = make()
     back = deserialize_message(serialize_message(m), type(m))

@@ -26,7 +26,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E
 
 from foundry_ros import dds  # noqa: E402
 from support import REPO_ROOT, TEST_DIR  # noqa: E402
-from support.fakes import FAIL_X, FakePredictor  # noqa: E402
+from support.fakes import FAIL_X, FAKE_POINTS, FakePredictor  # noqa: E402
 from support.node_harness import (SHIPPED_CONFIG, TOPIC, check_aligned, make_cloud, node_harness,  # noqa: E402
                                   parse_output, random_cloud)
 from support.ros_session import with_test_path  # noqa: E402
@@ -34,6 +34,8 @@ from support.ros_session import with_test_path  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
 FAKE_NODE = [str(TEST_DIR / "foundry_node_fake.py")]
+#: The node with a fake that has operating points (tiny 2 ms, small 6 ms, medium 15 ms, full 40 ms).
+FAKE_OP_NODE = ["-m", "support.fakes", "--operating-points"]
 OVERRIDES = f"""
 foundry:
   ros__parameters:
@@ -52,6 +54,14 @@ RUN_TIME = {"deadline_ms": 200.0, "min_budget": 64, "max_budget": 8192, "initial
             "publish_embeddings": True}
 
 
+def _alive_with(process, **values):
+    """``process`` (a module's node), checked alive, after setting ``values`` (all accepted)."""
+    assert process.child.poll() is None, "the module's node process has exited"
+    results = process.set_params(**values)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    return process
+
+
 @pytest.fixture(scope="module")
 def node_process(tmp_path_factory):
     with node_harness(tmp_path_factory.mktemp("foundry_node"), FAKE_NODE, OVERRIDES) as harness:
@@ -61,10 +71,7 @@ def node_process(tmp_path_factory):
 @pytest.fixture
 def h(node_process):
     """The module's node, alive and with its run-time parameters as in OVERRIDES."""
-    assert node_process.child.poll() is None, "the module's node process has exited"
-    results = node_process.set_params(**RUN_TIME)
-    assert all(r.successful for r in results), [r.reason for r in results]
-    return node_process
+    return _alive_with(node_process, **RUN_TIME)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,3 +259,71 @@ def test_shipped_config_loads_and_invalid_start_parameters_fail_fast(tmp_path):
                              text=True, timeout=60)
         assert out.returncode == 1, out.stderr
         assert message in out.stderr, out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# a model with operating points (its own node, started after the tests above)
+
+
+@pytest.fixture(scope="module")
+def op_node_process(tmp_path_factory):
+    with node_harness(tmp_path_factory.mktemp("foundry_op_node"), FAKE_OP_NODE, OVERRIDES) as harness:
+        yield harness
+
+
+@pytest.fixture
+def op(op_node_process):
+    """The module's operating-point node, alive, at deadline 200 ms and operating_point auto."""
+    return _alive_with(op_node_process, deadline_ms=200.0, operating_point="auto")
+
+
+def _points(reports) -> list[str]:
+    return [r.operating_point for r in reports]
+
+
+def test_operating_points_calibrated_at_start_and_lowered_deadline_followed(op):
+    log = op.log.read_text()
+    assert "operating points (cheapest first)" in log
+    for point in FAKE_POINTS:
+        assert any(line.split()[:1] == [point.name] and "calibrated" in line for line in log.splitlines()), log
+    # deadline 200 ms: the richest point (full, 40 ms) fits
+    reports = _run_frames(op, 20, until=lambda r: len(r) >= 3 and r[-1].operating_point == "full")
+    assert reports[-1].operating_point == "full", _points(reports)
+    assert (reports[-1].token_budget, reports[-1].num_centers) == (512, 512)  # full: c = 512, every token
+
+    # 15 ms at run time: reaches the controller at once, the node runs cheaper points
+    [res] = op.set_params(deadline_ms=15.0)
+    assert res.successful, res.reason
+    reports = _run_frames(op, 25, until=lambda r: len(r) >= 5 and set(_points(r[-5:])) <= {"tiny", "small"})
+    assert reports[0].operating_point != "full", _points(reports)
+    assert set(_points(reports[-5:])) <= {"tiny", "small"}, _points(reports)  # medium (15 ms) can not fit
+    assert all(r.deadline_ms == pytest.approx(15.0) for r in reports)
+    op.fresh_diagnostics()
+    diag = op.last_diag()
+    assert diag["control"] == "operating_points" and diag["operating_point"] in ("tiny", "small"), diag
+    assert float(diag["predicted_latency_ms"]) > 0 and float(diag["load_factor"]) > 0
+    assert float(diag["overhead_ms"]) > 0  # decode, mapping and publish, outside the model
+    assert float(diag["deadline_ms"]) == pytest.approx(15.0)
+
+    # a loose deadline: back up, one point at a time, to the richest
+    [res] = op.set_params(deadline_ms=1000.0)
+    assert res.successful, res.reason
+    reports = _run_frames(op, 40, until=lambda r: r[-1].operating_point == "full")
+    assert reports[-1].operating_point == "full", _points(reports)
+
+
+def test_operating_point_parameter_fixed_or_auto(op):
+    [res] = op.set_params(operating_point="turbo")
+    assert not res.successful
+    assert "['tiny', 'small', 'medium', 'full']" in res.reason, res.reason
+    [res] = op.set_params(operating_point="small")
+    assert res.successful, res.reason
+    reports = _run_frames(op, 3)
+    assert _points(reports) == ["small"] * 3
+    assert (reports[-1].token_budget, reports[-1].num_centers, reports[-1].tokens_in_encoder) == (96, 128, 96)
+    op.fresh_diagnostics()
+    assert (op.last_diag()["operating_point"], op.last_diag()["operating_point_mode"]) == ("small", "fixed")
+    [res] = op.set_params(operating_point="auto")
+    assert res.successful, res.reason
+    reports = _run_frames(op, 40, until=lambda r: r[-1].operating_point == "full")
+    assert reports[-1].operating_point == "full", _points(reports)

@@ -12,6 +12,7 @@ import yaml
 
 from foundry_ros import params as P
 from foundry_ros.budget import BudgetController
+from foundry_ros.operating_points import OperatingPointController, PointCost
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,8 @@ def test_defaults_are_valid_and_documented():
     ({"min_budget": 1.5}, "min_budget must be of type int"),
     ({"controller_enabled": 1}, "must be of type bool"),
     ({"fusion_threshold": 1.5}, "fusion_threshold must be <= 1.0"),
+    ({"operating_point": ""}, "operating_point must be 'auto' or an operating point name"),
+    ({"climb_frames": 0}, "climb_frames must be >= 1"),
 ])
 def test_invalid_values_rejected_with_reason(changes, fragment):
     errors = P.validate_change(P.default_params(), changes, allow_read_only=True)
@@ -62,6 +65,46 @@ def test_run_time_changes_and_read_only():
     assert errors == ["model_path is read-only (restart the node to change it)"]
     assert P.validate_change(cur, {"model_path": cur["model_path"]}) == []  # unchanged is fine
     assert P.coerce_value(P.SPECS_BY_NAME["extra_fields"], None) == []  # `[]` in YAML = NOT_SET
+
+
+def test_operating_point_is_auto_or_a_name_of_the_model():
+    cur = P.default_params()
+    names = ("fast", "balanced", "full")
+    assert cur["operating_point"] == P.AUTO and cur["climb_frames"] >= 1
+    assert P.validate_change(cur, {"operating_point": "balanced"}, operating_points=names) == []
+    assert P.validate_change(cur, {"operating_point": "auto"}, operating_points=names) == []
+    errors = P.validate_change(cur, {"operating_point": "turbo"}, operating_points=names)
+    assert errors == ["operating_point must be 'auto' or one of ['fast', 'balanced', 'full'], got 'turbo'"]
+    errors = P.validate_change(cur, {"operating_point": "turbo"}, operating_points=())
+    assert errors == ["operating_point must be 'auto': the model has no operating points, got 'turbo'"]
+    assert P.validate_change(cur, {"operating_point": "turbo"}) == []  # model not known: form only
+    with pytest.raises(ValueError, match=r"one of \['fast', 'balanced', 'full'\]"):
+        P.plan_change(cur, {"operating_point": "turbo"}, P.PeriodEstimator(), operating_points=names)
+
+
+def test_operating_point_controller_config_changes_and_frame_control():
+    p = dict(P.default_params(), deadline_ms=100.0, setpoint=0.8, climb_frames=3)
+    cfg = P.op_controller_config(p, 0.1)
+    assert (cfg.deadline_s, cfg.setpoint, cfg.hysteresis, cfg.climb_frames) == (0.1, 0.8, p["hysteresis"], 3)
+    names = ("fast", "full")
+    ctl = OperatingPointController([PointCost("fast", 0.01), PointCost("full", 0.06)], cfg)
+    assert P.frame_control(ctl, p, 0.2) == P.FrameControl(None, "full", pytest.approx(0.1))
+    # run-time changes: the controller's own fields only, the deadline at once
+    new_p, kw = P.plan_change(p, {"deadline_ms": 50.0, "max_step": 0.5, "climb_frames": 7}, P.PeriodEstimator(),
+                              operating_points=names)
+    assert kw == {"deadline_s": pytest.approx(0.05), "climb_frames": 7}
+    assert ctl.reconfigure(**kw) == "fast"  # 60 ms does not fit 40 ms
+    assert P.frame_control(ctl, new_p, 0.2).operating_point == "fast"
+    assert P.frame_control(ctl, dict(new_p, operating_point="full"), 0.2).operating_point == "full"  # fixed
+    # deadline 0: follows the sensor period, like the budget controller
+    auto = dict(new_p, deadline_ms=0.0)
+    assert P.frame_control(ctl, auto, 0.2).deadline_s == pytest.approx(0.2) and ctl.deadline_s == pytest.approx(0.2)
+    P.observe_frame(ctl, 0.012, 0, "fast", 0.002)
+    assert ctl.state.frames == 1 and ctl.state.last_point == "fast" and ctl.state.overhead_s == 0.002
+    budget_ctl = BudgetController(P.controller_config(p, 0.1, 16, 2048))
+    assert P.frame_control(budget_ctl, p, 0.1) == P.FrameControl(budget_ctl.budget, "", pytest.approx(0.1))
+    P.observe_frame(budget_ctl, 0.01, 100, "")
+    assert budget_ctl.state.last_tokens == 100
 
 
 def test_controller_config_and_changes_apply_to_the_controller():

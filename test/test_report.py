@@ -14,7 +14,8 @@ from foundry_ros.report import StageTimes, build_report, fusion_ratio, report_fi
 MODEL = ModelInfo(backend="torch-cpu", precision="fp16", model_hash="abc123")
 TIMES = StageTimes(received=10.0, started=10.001, decoded=10.003, predicted=10.020, mapped=10.022,
                    published=10.025)
-FIELDS = {"tokens_in_encoder", "token_budget", "num_centers", "fusion_ratio", "fusion_threshold", "backend",
+FIELDS = {"operating_point",
+          "tokens_in_encoder", "token_budget", "num_centers", "fusion_ratio", "fusion_threshold", "backend",
           "precision", "model_hash", "points_in", "points_used", "points_dropped", "points_unlabelled",
           "latency_ms", "deadline_ms", "preprocess_ms", "tokenize_ms", "encode_ms", "head_ms", "publish_ms",
           "frame_index", "frames_dropped_stale"}
@@ -40,6 +41,8 @@ def test_fields_of_a_predicted_frame():
     assert (f["points_in"], f["points_used"], f["points_dropped"], f["points_unlabelled"]) == (1000, 900, 100, 40)
     assert (f["backend"], f["precision"], f["model_hash"]) == ("torch-cpu", "fp32", "abc123")  # the frame's precision
     assert (f["frame_index"], f["frames_dropped_stale"]) == (7, 2)
+    assert f["operating_point"] == ""  # token-budget control
+    assert fields(frame_report(), operating_point="fast")["operating_point"] == "fast"
 
 
 def test_stage_times_add_the_node_and_the_predictor_parts():
@@ -51,6 +54,7 @@ def test_stage_times_add_the_node_and_the_predictor_parts():
     assert f["publish_ms"] == pytest.approx(3.0)
     stages = sum(f[k] for k in ("preprocess_ms", "tokenize_ms", "encode_ms", "head_ms", "publish_ms"))
     assert stages <= f["latency_ms"]
+    assert TIMES.overhead_s == pytest.approx(0.025 - 0.017)  # all but decoded -> predicted
 
 
 def test_fields_without_a_prediction():
@@ -96,3 +100,7 @@ def test_build_report_fills_the_generated_message():
                      budget=64, deadline_s=0.05, record=FrameRecord(3, 1), model=MODEL)
     assert m.header.frame_id == "lidar" and m.points_unlabelled == 40 and m.num_centers == 32
     assert m.fusion_threshold == 0.5 and m.fusion_ratio == pytest.approx(0.75)
+    assert m.operating_point == ""
+    m = build_report(msgs.InferenceReport, Header(frame_id="lidar"), frame_report(), times=TIMES, points_in=1000,
+                     budget=64, deadline_s=0.05, record=FrameRecord(4, 0), model=MODEL, operating_point="full")
+    assert m.operating_point == "full" and m.token_budget == 64

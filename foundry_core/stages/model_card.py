@@ -178,7 +178,11 @@ def write_card(card: dict, out: Path, model_path: str, ship: str) -> None:
         lines += [f"### {backend}", ""] + (operating_point_table(rows, card["classes"]) if by_point
                                            else budget_table(rows))
     top = next(iter(card["results"].values()))
-    top_name = list(top)[-1] if by_point else "full"
+    shipped = card.get("shipped_operating_points") or list(top)
+    top_name = shipped[-1] if by_point else "full"
+    if by_point:
+        lines += [f"Shipped operating points (cheapest first; a point is dropped when a cheaper one is at least as "
+                  f"accurate): {', '.join(shipped)}. The node's controller picks one per frame.", ""]
     lines += [f"Per-class IoU ({'operating point ' + top_name if by_point else 'full budget'}): " + ", ".join(
               f"{c} {v:.1f}" for c, v in zip(card["classes"], top[top_name]["per_class_iou"])), "",
               "Limits: trained on simulation only; real sensors differ (intensity, noise, mounting, clutter). "

@@ -25,6 +25,9 @@ from support import REPO_ROOT
 from support.ros_session import local_dds, ros_session, spin_until
 
 TIMEOUT_S = 20.0
+#: Start-up of a node process: model load, warm-up and, for a model with operating points, the
+#: calibration of every point (``predictor.calibrate()``: ~10 s on a loaded 2-core CPU for the test model).
+STARTUP_TIMEOUT_S = 120.0
 RETRY_S = 1.0
 TOPIC = "/test/points"
 SHIPPED_CONFIG = REPO_ROOT / "config" / "foundry.yaml"
@@ -227,7 +230,8 @@ def node_harness(tmp: Path, node_argv: list[str], overrides: str) -> Iterator[Ha
         try:
             with ros_session("foundry_test_client") as (node, ex):
                 harness = Harness(child, log, node, ex)
-                harness.wait(lambda: harness.pub.get_subscription_count() > 0, "the node's input subscription")
+                harness.wait(lambda: harness.pub.get_subscription_count() > 0, "the node's input subscription",
+                             timeout=STARTUP_TIMEOUT_S)
                 harness.wait(lambda: all(s.get_publisher_count() > 0 for s in harness.subs[:3]),
                              "the node's publishers")
                 yield harness
