@@ -136,6 +136,7 @@ class FoundryNode(Node):
         self._stats = FrameStats(initial_budget=self._initial_budget())
         self._init_publishers()
         self._slot = NewestFrameSlot()
+        self._integer_xyz_topics: set[str] = set()   # topics already warned about integer xyz
         self._worker = threading.Thread(target=self._run_worker, name="foundry-worker", daemon=True)
         self._init_inputs()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -356,6 +357,10 @@ class FoundryNode(Node):
             self.get_logger().warning(f"skipping {kind} PointCloud2 on {frame.topic}: {e}",
                                       throttle_duration_sec=_LOG_THROTTLE_S)
             raise _SkipFrame from e
+        if decoded.integer_xyz and frame.topic not in self._integer_xyz_topics:
+            self._integer_xyz_topics.add(frame.topic)
+            self.get_logger().warning(f"{frame.topic} has integer x/y/z fields: the values are taken as metres "
+                                      "unchanged (scale them in the driver if they are not)")
         if missing:
             self._stats.missing_extra()
             self.get_logger().warning(f"cloud on {frame.topic} lacks extra field(s) {missing}: zeros fed to the "
