@@ -62,10 +62,15 @@ def _alive_with(process, **values):
     return process
 
 
+def _module_node(tmp_path_factory, name: str, script):
+    """A node process for the whole module (a generator for module-scoped fixtures)."""
+    with node_harness(tmp_path_factory.mktemp(name), script, OVERRIDES) as harness:
+        yield harness
+
+
 @pytest.fixture(scope="module")
 def node_process(tmp_path_factory):
-    with node_harness(tmp_path_factory.mktemp("foundry_node"), FAKE_NODE, OVERRIDES) as harness:
-        yield harness
+    yield from _module_node(tmp_path_factory, "foundry_node", FAKE_NODE)
 
 
 @pytest.fixture
@@ -267,8 +272,7 @@ def test_shipped_config_loads_and_invalid_start_parameters_fail_fast(tmp_path):
 
 @pytest.fixture(scope="module")
 def op_node_process(tmp_path_factory):
-    with node_harness(tmp_path_factory.mktemp("foundry_op_node"), FAKE_OP_NODE, OVERRIDES) as harness:
-        yield harness
+    yield from _module_node(tmp_path_factory, "foundry_op_node", FAKE_OP_NODE)
 
 
 @pytest.fixture
