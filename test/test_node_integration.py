@@ -237,7 +237,9 @@ def test_large_clouds_best_effort_over_shared_memory(h):
         sent_total += sent
         assert seg.width == n and report.points_in == n - 3
     check_aligned(seg, msg, xyz, intensity)
-    assert sent_total <= 4, f"{sent_total} publications for 3 large clouds"
+    # each cloud gets through in a few publications (a repeat every RETRY_S while a 120k-point frame is
+    # still being processed on a loaded 2-core machine); a lost shared-memory path would need all of them
+    assert sent_total <= 12, f"{sent_total} publications for 3 large clouds"
 
 
 def test_clean_shutdown_on_sigint(tmp_path):
