@@ -1,4 +1,9 @@
-"""foundry_ros: ROS 2 package (ament_python) and pip-installable distribution of foundry_core."""
+"""foundry_ros: the pip-installable distribution (foundry_core + foundry_ros).
+
+colcon builds the ROS 2 package from CMakeLists.txt instead (ament_cmake); it reads the console scripts
+below (one per line, each written as a quoted name = module:function and a comma) and installs them
+under lib/foundry_ros.
+"""
 from glob import glob
 
 from setuptools import find_packages, setup

@@ -66,6 +66,10 @@ LEGACY_PROFILE_VAR = "FASTRTPS_DEFAULT_PROFILES_FILE"
 
 #: Default shared-memory segment: 64 MiB holds a 300k-point PointCloud2 with room to spare.
 SHM_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Environment variable that overrides the default segment size (MiB) of :func:`ros_env`.
+SHM_SEGMENT_ENV = "FOUNDRY_SHM_SEGMENT_MB"
+#: A writer's segment holds the samples in flight, not just one: size it to this many messages.
+SHM_MESSAGES_PER_SEGMENT = 3
 #: ROS 2's domain ids that map to UDP ports outside the Linux ephemeral range.
 DOMAIN_ID_RANGE = (1, 101)
 LOOPBACK = "127.0.0.1"
@@ -139,6 +143,50 @@ def fastdds_profile_xml(shm_segment_bytes: int = SHM_SEGMENT_BYTES) -> str:
 """
 
 
+def recommended_segment_bytes(message_bytes: int) -> int:
+    """Shared-memory segment for messages of ``message_bytes``: room for
+    :data:`SHM_MESSAGES_PER_SEGMENT` of them, in whole MiB, never below :data:`SHM_SEGMENT_BYTES`.
+
+    A Fast DDS sample larger than the *writer's* segment leaves shared memory for UDP fragments,
+    where a best-effort reader loses most large messages: a driver publishing 4M-point clouds
+    (64 MB) needs a segment of about 192 MiB, and the node the same for its outputs."""
+    mib = 1 << 20
+    need = -(-int(message_bytes) * SHM_MESSAGES_PER_SEGMENT // mib) * mib
+    return max(SHM_SEGMENT_BYTES, need)
+
+
+def default_segment_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """The segment :func:`ros_env` writes: ``$FOUNDRY_SHM_SEGMENT_MB`` MiB, else :data:`SHM_SEGMENT_BYTES`."""
+    value = (os.environ if environ is None else environ).get(SHM_SEGMENT_ENV, "").strip()
+    if not value:
+        return SHM_SEGMENT_BYTES
+    try:
+        mb = float(value)
+    except ValueError:
+        raise ValueError(f"{SHM_SEGMENT_ENV} must be a number of MiB, got {value!r}") from None
+    if not 1 <= mb <= 65536:
+        raise ValueError(f"{SHM_SEGMENT_ENV} must be in 1..65536 MiB, got {value!r}")
+    return int(mb * (1 << 20))
+
+
+def profile_segment_bytes(environ: Mapping[str, str] | None = None) -> int | None:
+    """The shared-memory segment_size of the Fast DDS profile this process uses
+    (``FASTDDS_DEFAULT_PROFILES_FILE``), None when there is none or it sets no size (Fast DDS default)."""
+    import xml.etree.ElementTree as ET
+
+    env = os.environ if environ is None else environ
+    path = env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get(LEGACY_PROFILE_VAR)
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return None
+    sizes = [int(e.text) for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "segment_size"
+             and e.text and e.text.strip().isdigit()]
+    return max(sizes) if sizes else None
+
+
 def write_fastdds_profile(path: str | os.PathLike, shm_segment_bytes: int = SHM_SEGMENT_BYTES) -> Path:
     """Write :func:`fastdds_profile_xml` to ``path`` (parent folders created) and return it."""
     path = Path(path)
@@ -156,7 +204,7 @@ def pick_domain_id(seed: int | None = None) -> int:
 
 
 def ros_env(base: Mapping[str, str] | None = None, *, workdir: str | os.PathLike | None = None,
-            domain_id: int | None = None, shm_segment_bytes: int = SHM_SEGMENT_BYTES,
+            domain_id: int | None = None, shm_segment_bytes: int | None = None,
             legacy_profile_var: bool = False) -> dict[str, str]:
     """A copy of ``base`` (default: ``os.environ``) set up for local-only ROS 2 communication.
 
@@ -165,11 +213,16 @@ def ros_env(base: Mapping[str, str] | None = None, *, workdir: str | os.PathLike
     still log into it after this function returns). Pass the *same* returned dict to every process
     that must talk to each other: they share the domain id and the profile.
 
+    ``shm_segment_bytes`` sizes the shared-memory segment (default ``$FOUNDRY_SHM_SEGMENT_MB`` MiB,
+    else 64 MiB; see :func:`recommended_segment_bytes` for clouds of several million points).
+
     ``legacy_profile_var`` also sets ``FASTRTPS_DEFAULT_PROFILES_FILE`` for Fast DDS 2.x based
     distributions (Humble, Jazzy); Kilted's Fast DDS 3 reads only ``FASTDDS_DEFAULT_PROFILES_FILE``
     and its rmw warns about the legacy name.
     """
     env = dict(os.environ if base is None else base)
+    if shm_segment_bytes is None:
+        shm_segment_bytes = default_segment_bytes(env)
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="foundry-ros-")
     workdir = Path(workdir).resolve()

@@ -33,13 +33,16 @@ def control_values(controller: BudgetController | OperatingPointController, para
 
 
 def diagnostic_values(stats: StatsSnapshot, controller: BudgetController | OperatingPointController,
-                      params: Mapping[str, Any], model: ModelInfo, sensor_period_s: float | None) -> dict[str, Any]:
-    """``level_msg`` ((level, message) of :func:`params.diagnostic_level`) and the status values."""
+                      params: Mapping[str, Any], model: ModelInfo, sensor_period_s: float | None,
+                      shm_segment_bytes: int | None = None) -> dict[str, Any]:
+    """``level_msg`` ((level, message) of :func:`params.diagnostic_level`) and the status values
+    (``shm_segment_bytes``: the Fast DDS shared-memory segment of this process, None if unknown)."""
     return dict(
         level_msg=P.diagnostic_level(
             frames=stats.frames, last_over_deadline=stats.last_over_deadline, over_streak=stats.over_streak,
             error_frames=params["diagnostics_error_frames"], predictor_failed=stats.predictor_failed_last,
-            decode_errors_recent=stats.decode_errors_recent),
+            decode_errors_recent=stats.decode_errors_recent, incompatible_qos=stats.incompatible_qos,
+            incompatible_qos_recent=stats.incompatible_qos_recent, incompatible_reason=stats.incompatible_reason),
         backend=model.backend, precision=model.precision, model_hash=model.model_hash,
         budget=stats.last_budget, **control_values(controller, params),
         controller_enabled=params["controller_enabled"], deadline_ms=controller.deadline_s * 1e3,
@@ -48,10 +51,12 @@ def diagnostic_values(stats: StatsSnapshot, controller: BudgetController | Opera
         latency_last_ms=stats.last_latency_s * 1e3, latency_p50_ms=stats.latency_p50_s * 1e3,
         latency_p95_ms=stats.latency_p95_s * 1e3, over_deadline_streak=stats.over_streak,
         tokens_last=stats.last_tokens, frames_received=stats.received, frames_processed=stats.frames,
-        frames_dropped_stale=stats.stale, frames_dropped_age=stats.dropped_age, decode_errors=stats.decode_errors,
-        predictor_errors=stats.predictor_errors, publish_errors=stats.publish_errors,
-        missing_extra_fields=stats.missing_extra, messages_lost=stats.messages_lost,
-        incompatible_qos_events=stats.incompatible_qos)
+        frames_dropped_stale=stats.stale, frames_dropped_age=stats.dropped_age, frames_lost=stats.lost,
+        decode_errors=stats.decode_errors, predictor_errors=stats.predictor_errors,
+        publish_errors=stats.publish_errors, missing_extra_fields=stats.missing_extra,
+        messages_lost_events=stats.messages_lost, incompatible_qos_events=stats.incompatible_qos,
+        largest_cloud_mb=stats.largest_cloud_bytes / 2**20,
+        shm_segment_mb=shm_segment_bytes / 2**20 if shm_segment_bytes else math.nan)
 
 
 def key_values(values: Mapping[str, Any]) -> list[tuple[str, str]]:

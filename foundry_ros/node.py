@@ -22,22 +22,31 @@ wake the worker thread. The worker decodes, runs the predictor, publishes and fe
 controller, so a slow model never blocks the executor (parameter services, diagnostics, QoS
 events stay responsive), and the node always works on the newest cloud.
 
-Topics (all names relative to the node's namespace)
+Topics. Outputs are node-private (``~/x``: ``/foundry/x`` in the root namespace, ``<ns>/foundry/x``
+under a namespace) and remappable like any name: ``--ros-args -r ~/segments:=/perception/segments``
+(``-r foundry/segments:=...`` and ``-r /foundry/segments:=...`` match too; ``-r __node:=name`` moves them
+all to ``/name/...``; ``-r __ns:=/robot1`` to ``/robot1/foundry/...``). The inputs are the names in
+``input_topics`` (default the absolute ``/points``; a relative entry resolves in the namespace,
+``~/input/points`` is private), remappable as well: ``-r /points:=/lidar/points``.
 
-================================  ==========================================  =====================
-topic                             type                                        QoS
-================================  ==========================================  =====================
-``input_topics`` (``/points``)    sensor_msgs/PointCloud2 (in)                ``qos_reliability``,
+==================================  ========================================  =====================
+topic                               type                                      QoS
+==================================  ========================================  =====================
+``input_topics`` (``/points``)      sensor_msgs/PointCloud2 (in)              ``qos_reliability``,
                                                                               KEEP_LAST ``qos_depth``
-``foundry/segments``              sensor_msgs/PointCloud2                     reliable, depth 1
-``foundry/report``                foundry_msgs/InferenceReport                reliable, depth 10
-``foundry/embeddings``            foundry_msgs/TokenEmbeddings (optional)     reliable, depth 1
-``foundry/labels``                foundry_msgs/LabelMap (once)                reliable, transient
+``~/segments``                      sensor_msgs/PointCloud2                   reliable, depth 1
+``~/report``                        foundry_msgs/InferenceReport              reliable, depth 10
+``~/embeddings``                    foundry_msgs/TokenEmbeddings (optional)   reliable, depth 1
+``~/labels``                        foundry_msgs/LabelMap (once)              reliable, transient
                                                                               local, depth 1
-``/diagnostics``                  diagnostic_msgs/DiagnosticArray             reliable, depth 10
-================================  ==========================================  =====================
+``~/debug/segments_rgb``            sensor_msgs/PointCloud2 (while            reliable, depth 1
+                                    subscribed)
+``~/debug/supertokens``             visualization_msgs/MarkerArray (while     reliable, depth 1
+                                    subscribed)
+``/diagnostics``                    diagnostic_msgs/DiagnosticArray           reliable, depth 10
+==================================  ========================================  =====================
 
-``foundry/segments`` keeps the input's header (stamp; frame_id unless ``frame_id_override``)
+``~/segments`` keeps the input's header (stamp; frame_id unless ``frame_id_override``)
 and layout: ``height x width`` of the input, one output point per input point, fields ``x, y, z``
 (FLOAT32), ``label`` (INT32: class id of the label map, -1 for invalid points), ``confidence``
 (FLOAT32, 0 for invalid points), ``segment`` (INT32 SuperToken id, -1 for invalid points),
@@ -45,6 +54,14 @@ little-endian, 24-byte points, ``row_step = width * 24``. Invalid input points (
 keep NaN coordinates, so organised clouds stay organised and ``is_dense`` is true only when the
 input had no invalid point. ``label`` is INT32 (not UINT32) so that -1 can mark invalid points;
 LabelMap ids are uint32 and always >= 0.
+
+Debug outputs for RViz (:mod:`~foundry_ros.debug_outputs`), built only while they have a subscriber,
+so they cost nothing otherwise (their time is part of the measured latency when they are built).
+``~/debug/segments_rgb``: the segments cloud as ``x, y, z`` FLOAT32 plus ``rgb`` (FLOAT32 at offset 12
+holding a packed ``0x00RRGGBB``, 16-byte points; RViz's PointCloud2 display picks its ``RGB8`` colour
+transformer for it by itself), coloured with the label map's colours; invalid points NaN and grey.
+``~/debug/supertokens``: one SPHERE_LIST marker, a sphere at the mean xyz of each SuperToken segment,
+coloured by segment id.
 
 QoS choice. Inputs default to best-effort (the sensor-data convention): a best-effort
 subscription matches both best-effort and reliable publishers, and with a newest-frame slot a
@@ -77,11 +94,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from foundry_ros import params as P
+from foundry_ros import debug_outputs as debug
 from foundry_ros.budget import BudgetController
 from foundry_ros.diagnostics import diagnostic_values, key_values
 from foundry_ros.embeddings import embeddings_fields
 from foundry_ros.frame_io import SEGMENT_FIELDS, aligned_outputs, check_result, model_input, output_header
 from foundry_ros.frame_slot import Frame, NewestFrameSlot, frame_age_s, receive_time
+from foundry_ros.dds import profile_segment_bytes
 from foundry_ros.frame_stats import FrameStats
 from foundry_ros.label_map import label_rows
 from foundry_ros.model import ModelInfo, PredictorFactory, check_channels, default_predictor_factory
@@ -90,15 +109,21 @@ from foundry_ros.operating_points import OperatingPointController, calibration_t
 from foundry_ros.pointcloud2 import DecodedCloud, PointCloud2Error, decode_pointcloud2, make_pointcloud2
 from foundry_ros.qos import input_qos, latched, reliable, subscribe_with_events
 from foundry_ros.report import StageTimes, build_report
+from foundry_ros.sequence_gaps import SequenceGaps
 from foundry_ros.ros_params import declare_parameters, read_parameters
 
 __all__ = ["FoundryNode", "PredictorFactory", "default_predictor_factory", "main",
-           "SEGMENTS_TOPIC", "REPORT_TOPIC", "EMBEDDINGS_TOPIC", "LABELS_TOPIC", "DIAGNOSTICS_TOPIC"]
+           "SEGMENTS_TOPIC", "REPORT_TOPIC", "EMBEDDINGS_TOPIC", "LABELS_TOPIC", "DIAGNOSTICS_TOPIC",
+           "DEBUG_SEGMENTS_RGB_TOPIC", "DEBUG_SUPERTOKENS_TOPIC"]
 
-SEGMENTS_TOPIC = "foundry/segments"
-REPORT_TOPIC = "foundry/report"
-EMBEDDINGS_TOPIC = "foundry/embeddings"
-LABELS_TOPIC = "foundry/labels"
+# Outputs are node-private names (/foundry/segments under the root namespace, <ns>/foundry/segments
+# under a namespace), remappable with --ros-args -r ~/segments:=/perception/segments.
+SEGMENTS_TOPIC = "~/segments"
+REPORT_TOPIC = "~/report"
+EMBEDDINGS_TOPIC = "~/embeddings"
+LABELS_TOPIC = "~/labels"
+DEBUG_SEGMENTS_RGB_TOPIC = "~/debug/segments_rgb"
+DEBUG_SUPERTOKENS_TOPIC = "~/debug/supertokens"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 NODE_NAME = "foundry"
 _LOG_THROTTLE_S = 5.0
@@ -112,13 +137,16 @@ def _message_types() -> SimpleNamespace:
     """The message classes the node uses (imported here: importing this module needs no foundry_msgs)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from foundry_msgs.msg import InferenceReport, LabelEntry, LabelMap, TokenEmbeddings
+    from geometry_msgs.msg import Point
     from sensor_msgs.msg import PointCloud2, PointField
     from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import Marker, MarkerArray
 
     return SimpleNamespace(
         PointCloud2=PointCloud2, PointField=PointField, InferenceReport=InferenceReport,
         TokenEmbeddings=TokenEmbeddings, LabelMap=LabelMap, LabelEntry=LabelEntry, ColorRGBA=ColorRGBA,
-        DiagnosticArray=DiagnosticArray, DiagnosticStatus=DiagnosticStatus, KeyValue=KeyValue)
+        DiagnosticArray=DiagnosticArray, DiagnosticStatus=DiagnosticStatus, KeyValue=KeyValue,
+        Marker=Marker, MarkerArray=MarkerArray, Point=Point)
 
 
 class FoundryNode(Node):
@@ -136,6 +164,8 @@ class FoundryNode(Node):
         self._stats = FrameStats(initial_budget=self._initial_budget())
         self._init_publishers()
         self._slot = NewestFrameSlot()
+        self._gaps = SequenceGaps()                 # publications that never reached the callback
+        self._shm_segment_bytes = profile_segment_bytes()
         self._integer_xyz_topics: set[str] = set()   # topics already warned about integer xyz
         self._worker = threading.Thread(target=self._run_worker, name="foundry-worker", daemon=True)
         self._init_inputs()
@@ -148,11 +178,18 @@ class FoundryNode(Node):
     # set-up
 
     def _init_parameters(self) -> dict[str, Any]:
+        """Declare, check and read the parameters (ValueError with every problem); names the node does
+        not know are logged, integers for float parameters are accepted at run time too."""
+        from foundry_ros.ros_params import ints_as_floats, unknown_parameters
+
         declare_parameters(self)
+        for warning in unknown_parameters(self):
+            self.get_logger().warning(warning)
         p = read_parameters(self)
         errors = P.validate_params(p)
         if errors:
             raise ValueError("invalid foundry parameters: " + "; ".join(errors))
+        self.add_pre_set_parameters_callback(ints_as_floats)  # `ros2 param set /foundry deadline_ms 80`
         return p
 
     def _init_predictor(self, factory: PredictorFactory) -> tuple[Any, ModelInfo]:
@@ -207,6 +244,10 @@ class FoundryNode(Node):
         self._pub_report = self.create_publisher(M.InferenceReport, REPORT_TOPIC, reliable(10))
         self._pub_labels = self.create_publisher(M.LabelMap, LABELS_TOPIC, latched())
         self._pub_diag = self.create_publisher(M.DiagnosticArray, DIAGNOSTICS_TOPIC, reliable(10))
+        # debug outputs: always advertised, built only while subscribed (foundry_ros.debug_outputs)
+        self._pub_debug_rgb = self.create_publisher(M.PointCloud2, DEBUG_SEGMENTS_RGB_TOPIC, reliable(1))
+        self._pub_debug_tokens = self.create_publisher(M.MarkerArray, DEBUG_SUPERTOKENS_TOPIC, reliable(1))
+        self._palette = debug.predictor_palette(self._predictor)
         self._pub_embeddings = None
         if self._p["publish_embeddings"]:
             self._ensure_embeddings_publisher()
@@ -280,13 +321,15 @@ class FoundryNode(Node):
 
     def _subscribe(self, topic: str, qos: Any) -> Any:
         def on_incompatible(event: Any) -> None:
-            self._stats.incompatible_qos()
             policy = getattr(event, "last_policy_kind", "?")
+            policy = str(getattr(policy, "name", policy)).replace("RMW_QOS_POLICY_", "")
+            reason = (f"a publisher on {topic} offers {policy} incompatible with qos_reliability="
+                      f"{self._p['qos_reliability']}, depth {self._p['qos_depth']}")
+            self._stats.incompatible_qos(reason)
             self.get_logger().warning(
-                f"input {topic}: a publisher offers QoS incompatible with this subscription "
-                f"(policy {getattr(policy, 'name', policy)}, {getattr(event, 'total_count', '?')} so far); "
-                f"qos_reliability={self._p['qos_reliability']}. A reliable subscription cannot receive a "
-                f"best-effort publisher: use qos_reliability: best_effort.")
+                f"input {topic}: {reason} ({getattr(event, 'total_count', '?')} so far): its clouds are not "
+                f"received. A reliable subscription cannot receive a best-effort publisher: use "
+                f"qos_reliability: best_effort.")
 
         def on_lost(event: Any) -> None:
             self._stats.messages_lost(int(getattr(event, "total_count_change", 1) or 0))
@@ -298,9 +341,17 @@ class FoundryNode(Node):
                                      incompatible_qos=on_incompatible, message_lost=on_lost)
 
     def _on_cloud(self, msg: Any, info: Any, topic: str) -> None:
-        """Subscription callback: timestamp and park the message in the newest-frame slot."""
+        """Subscription callback: timestamp, count the publications it shows lost, and park the
+        message in the newest-frame slot."""
         recv = receive_time(time.monotonic(), info, time.time_ns())
-        self._stats.received(replaced_stale=self._slot.put(Frame(msg, recv, topic)))
+        lost = self._gaps.observe(topic, info)
+        self._stats.received(replaced_stale=self._slot.put(Frame(msg, recv, topic)), lost_before=lost,
+                             nbytes=len(msg.data))
+        if lost:
+            self.get_logger().warning(
+                f"{lost} cloud(s) from a publisher on {topic} never arrived (sequence gap; {self._stats.lost_total} "
+                f"so far): lost in transport or overwritten in the reader history while the node was busy "
+                f"(qos_depth {self._p['qos_depth']})", throttle_duration_sec=_LOG_THROTTLE_S)
         with self._lock:  # the estimator is read under this lock by the worker and the parameter callback
             self._period.tick(recv)
 
@@ -390,16 +441,25 @@ class FoundryNode(Node):
 
     def _publish_outputs(self, header: Any, decoded: DecodedCloud, result: Any, p: dict[str, Any],
                          times: StageTimes) -> None:
-        """Segments (and embeddings while subscribed) of the frame."""
+        """Segments (and embeddings, debug outputs while subscribed) of the frame."""
+        M = self._msg
         outputs = aligned_outputs(decoded, result)
         times.mapped = time.monotonic()
         self._pub_segments.publish(make_pointcloud2(
-            self._msg.PointCloud2, self._msg.PointField, outputs, height=decoded.height, width=decoded.width,
+            M.PointCloud2, M.PointField, outputs, height=decoded.height, width=decoded.width,
             order=SEGMENT_FIELDS, header=header, is_dense=decoded.num_dropped == 0))
         pub = self._pub_embeddings
         if result is not None and p["publish_embeddings"] and pub is not None and pub.get_subscription_count() > 0:
-            pub.publish(fill_message(self._msg.TokenEmbeddings, header=header,
+            pub.publish(fill_message(M.TokenEmbeddings, header=header,
                                      **embeddings_fields(result, self._model.model_hash)))
+        if self._pub_debug_rgb.get_subscription_count() > 0:
+            self._pub_debug_rgb.publish(make_pointcloud2(
+                M.PointCloud2, M.PointField, debug.segments_rgb_arrays(outputs, self._palette),
+                height=decoded.height, width=decoded.width, order=debug.RGB_FIELDS, header=header,
+                is_dense=decoded.num_dropped == 0))
+        if self._pub_debug_tokens.get_subscription_count() > 0:
+            centres = debug.segment_centres(decoded.xyz, None if result is None else result.segments)
+            self._pub_debug_tokens.publish(debug.supertoken_markers(M, header, centres))
         times.published = time.monotonic()
 
     def _finish_frame(self, header: Any, decoded: DecodedCloud, result: Any, control: P.FrameControl,
@@ -447,7 +507,7 @@ class FoundryNode(Node):
         """``level_msg`` and the values of the next diagnostics status (see :mod:`foundry_ros.diagnostics`)."""
         with self._lock:
             return diagnostic_values(self._stats.snapshot(), self._controller, self._p, self._model,
-                                     self._period.period_s)
+                                     self._period.period_s, self._shm_segment_bytes)
 
     def _publish_diagnostics(self) -> None:
         M = self._msg
@@ -484,51 +544,163 @@ class FoundryNode(Node):
 def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     from rclpy.utilities import remove_ros_args
 
-    own = remove_ros_args(["foundry-node"] + list(argv))[1:]
+    try:
+        own = remove_ros_args(["foundry-node"] + list(argv))[1:]
+    except Exception as e:  # RCLInvalidROSArgsError: a malformed --ros-args section
+        print(f"foundry-node: invalid ROS arguments: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     parser = argparse.ArgumentParser(
         prog="foundry-node", description="Foundry ROS 2 perception node (PointCloud2 -> labels/segments).",
         epilog="Further ROS arguments go after --ros-args, e.g. --ros-args -p deadline_ms:=80.0 "
                "-r /points:=/lidar/points")
     parser.add_argument("--params-file", action="append", default=[], metavar="YAML",
                         help="ROS 2 parameters file ('foundry: ros__parameters: {...}'); repeatable, later "
-                             "files and --ros-args -p override earlier ones")
+                             "files override earlier ones (merged into one before rcl reads them, see "
+                             "foundry_ros.params_files), --ros-args -p overrides them all")
     return parser.parse_args(own), list(argv)
 
 
+class _SignalFlag:
+    """SIGINT / SIGTERM handlers at the Python level that only record the signal, never raise.
+
+    Installed before ``rclpy.init``: rclpy's own handlers (SignalHandlerOptions.ALL) chain to them and do
+    the work (shut the context down, wake the executor), so no KeyboardInterrupt can surface anywhere
+    (rclpy.init, node construction, predictor warm-up / calibration, spin, destroy_node, shutdown). A
+    signal that arrives before rclpy's handlers exist is seen through :attr:`signum` instead."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        import signal
+
+        self.signum: int | None = None
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), self._record)
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name if self.signum is not None else "shutdown"
+
+    def ignore_from_now(self) -> None:
+        """SIG_IGN for both: a late signal while the interpreter exits (when Python has put back the
+        default action, which kills the process: exit -2) changes nothing any more."""
+        import signal
+
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _merged_params_file(paths: list[str]) -> str | None:
+    """The ``--params-file`` files merged into one temporary parameters file (None: no files).
+
+    rcl loses a later file's value of another type (or an empty list) for a parameter an earlier file
+    set under the same node key; merged here, every parameter reaches rcl once (:mod:`~foundry_ros.params_files`).
+    """
+    import tempfile
+
+    from foundry_ros.params_files import merge_params_files, merged_yaml
+
+    if not paths:
+        return None
+    text = merged_yaml(merge_params_files(paths))
+    fd, merged = tempfile.mkstemp(prefix="foundry-params-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return merged
+
+
+class _Executor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor whose ``__del__`` survives a constructor that failed half-way (rclpy
+    reads ``_sigint_gc`` there, set late in ``__init__``; a signal during start-up shuts the context
+    down under it, and the failed object's ``__del__`` would print a traceback)."""
+
+    _sigint_gc = None
+
+
+def _shut_down(node: FoundryNode | None, executor: MultiThreadedExecutor | None) -> None:
+    """Destroy the node (stops the worker), the executor and the context; every step runs even if
+    an earlier one fails."""
+    steps = [("destroy_node", node.destroy_node if node is not None else None),
+             ("executor.shutdown", (lambda: executor.shutdown(timeout_sec=1.0)) if executor is not None else None),
+             ("rclpy.try_shutdown", rclpy.try_shutdown)]
+    for what, step in steps:
+        if step is None:
+            continue
+        try:
+            step()
+        except (Exception, KeyboardInterrupt) as e:
+            print(f"foundry-node: {what} during shutdown: {type(e).__name__}: {e}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, predictor_factory: PredictorFactory | None = None) -> int:
-    """Console entry ``foundry-node``: init rclpy, spin a MultiThreadedExecutor, exit 0 on SIGINT/SIGTERM."""
+    """Console entry ``foundry-node``: init rclpy, spin a MultiThreadedExecutor, exit 0 on SIGINT/SIGTERM
+    (at any stage, also repeated or sent to the whole process group: no traceback); 1 when the node
+    fails (a FATAL line with the reason), 2 for bad arguments or params files.
+
+    Meant as the process's entry point: it installs signal handlers and, once it returns, ignores
+    SIGINT / SIGTERM for the rest of the process's life (see :class:`_SignalFlag`)."""
+    stop = _SignalFlag()
+    try:
+        return _run(argv, predictor_factory, stop)
+    finally:
+        stop.ignore_from_now()
+
+
+def _run(argv: list[str] | None, predictor_factory: PredictorFactory | None, stop: _SignalFlag) -> int:
+    from rclpy.signals import SignalHandlerOptions
+
+    from foundry_ros.params_files import ParamsFileError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     ns, argv = _parse_args(argv)
-    ros_argv = ["foundry-node"]
     for path in ns.params_file:
         if not os.path.isfile(path):
             print(f"foundry-node: params file {path!r} not found", file=sys.stderr)
             return 2
-        ros_argv += ["--ros-args", "--params-file", os.path.abspath(path), "--"]
+    try:
+        merged = _merged_params_file(ns.params_file)
+    except (ParamsFileError, OSError, UnicodeDecodeError) as e:
+        print(f"foundry-node: {e}", file=sys.stderr)
+        return 2
+    ros_argv = ["foundry-node"] + (["--ros-args", "--params-file", merged, "--"] if merged else [])
     ros_argv += argv  # the user's own --ros-args come last and take precedence
-    rclpy.init(args=ros_argv)  # installs SIGINT/SIGTERM handlers that shut the context down
+    try:
+        rclpy.init(args=ros_argv, signal_handler_options=SignalHandlerOptions.ALL)
+    except Exception as e:  # malformed --ros-args
+        print(f"foundry-node: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if merged:
+            os.unlink(merged)  # rcl has read it (rcl_init parses every --params-file)
+    log = rclpy.logging.get_logger(NODE_NAME)
     node = None
     executor = None
     code = 0
+    interrupted = ""
     try:
-        node = FoundryNode(predictor_factory)
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
+        if stop.signum is None:  # a signal during rclpy.init: do not start at all
+            node = FoundryNode(predictor_factory)
+            executor = _Executor(num_threads=2)
+            executor.add_node(node)
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as e:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"foundry node failed: {type(e).__name__}: {e}")
-        code = 1
+        if stop.signum is None and rclpy.ok():
+            log.fatal(f"foundry node failed: {type(e).__name__}: {e}")
+            code = 1
+        else:  # the context was shut down under a starting node (a signal during start-up)
+            interrupted = f"start-up interrupted ({type(e).__name__}: {e}); "
     finally:
-        if node is not None:
-            try:
-                node.destroy_node()
-            except Exception:
-                pass
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        rclpy.try_shutdown()
+        _shut_down(node, executor)
+    if code == 0:  # logged once the node is gone: its /rosout publisher died with the context
+        log.info(f"foundry node stopped ({interrupted}{stop.name})")
     return code
 
 

@@ -42,7 +42,7 @@ __all__ = [
     "coerce_value", "normalise", "controller_config", "controller_changes", "plan_change", "frame_budget",
     "effective_bounds", "fusion_threshold_arg", "PeriodEstimator", "diagnostic_level",
     "OK", "WARN", "ERROR", "AUTO", "check_operating_point", "op_controller_config", "FrameControl",
-    "frame_control", "follow_sensor_period", "observe_frame",
+    "frame_control", "follow_sensor_period", "observe_frame", "ROS_STANDARD_PARAMS", "unknown_parameter_messages",
 ]
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
@@ -97,7 +97,9 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               "best-effort and reliable publishers; reliable matches only reliable publishers but is "
               "not subject to fragment loss of large clouds on UDP transports.",
               read_only=True, choices=RELIABILITY_CHOICES, constraints="best_effort or reliable"),
-    ParamSpec("qos_depth", 1, "int", "History depth (KEEP_LAST) of the input subscriptions.",
+    ParamSpec("qos_depth", 2, "int", "History depth (KEEP_LAST) of the input subscriptions (2: a cloud that arrives while "
+              "the executor is busy waits instead of overwriting the previous one in DDS; the node still works "
+              "on the newest and counts the older as stale).",
               lo=1, hi=100, read_only=True),
     ParamSpec("extra_fields", [], "str[]",
               "PointCloud2 fields appended to x,y,z as model input channels (e.g. ['intensity']); "
@@ -147,6 +149,28 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
 
 SPECS_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in PARAM_SPECS}
 READ_ONLY = frozenset(s.name for s in PARAM_SPECS if s.read_only)
+#: Parameters every ROS 2 node may be given (rclpy's own, launch's): never reported as unknown; nor are
+#: the ``qos_overrides.<topic>...`` ones of :data:`ROS_STANDARD_PREFIXES`.
+ROS_STANDARD_PARAMS = frozenset({"use_sim_time", "start_type_description_service", "start_parameter_services",
+                                 "start_parameter_event_publisher"})
+ROS_STANDARD_PREFIXES = ("qos_overrides.",)
+
+
+def unknown_parameter_messages(given: Iterable[str], known: Iterable[str] = ()) -> list[str]:
+    """A warning for every name in ``given`` (parameters handed to the node) that is neither a spec,
+    nor in ``known`` (e.g. declared by rclpy), nor a standard ROS parameter; each names the closest
+    spec when there is one (``unknown parameter 'deadine_ms' (did you mean 'deadline_ms'?)``)."""
+    import difflib
+
+    skip = set(SPECS_BY_NAME) | ROS_STANDARD_PARAMS | set(known)
+    out = []
+    for name in given:
+        if name in skip or name.startswith(ROS_STANDARD_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, list(SPECS_BY_NAME), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else "not a parameter of this node"
+        out.append(f"unknown parameter {name!r} ({hint}); ignored")
+    return out
 
 
 def default_params() -> dict[str, Any]:
@@ -443,17 +467,23 @@ class PeriodEstimator:
 
 
 def diagnostic_level(*, frames: int, last_over_deadline: bool, over_streak: int, error_frames: int,
-                     predictor_failed: bool, decode_errors_recent: int = 0) -> tuple[int, str]:
+                     predictor_failed: bool, decode_errors_recent: int = 0, incompatible_qos: int = 0,
+                     incompatible_qos_recent: int = 0, incompatible_reason: str = "") -> tuple[int, str]:
     """(level, message) of the node's diagnostic status.
 
     ERROR: the last predictor call failed, or ``over_streak >= error_frames`` consecutive deadline
-    misses. WARN: the last frame missed the deadline, or malformed clouds arrived since the last
-    status. OK otherwise (also before the first frame, with a "waiting" message).
+    misses. WARN: a publisher offered incompatible QoS (since the last status, or at all while no
+    frame was processed yet: the node is then deaf to it), the last frame missed the deadline, or
+    malformed clouds arrived since the last status. OK otherwise (also before the first frame, with a
+    "waiting" message).
     """
     if predictor_failed:
         return ERROR, "predictor failed on the last frame"
     if over_streak >= error_frames:
         return ERROR, f"over deadline for {over_streak} consecutive frames"
+    if incompatible_qos_recent or (incompatible_qos and frames == 0):
+        return WARN, (f"incompatible QoS: {incompatible_reason or 'a publisher does not match the input QoS'} "
+                      f"({incompatible_qos} event(s))")
     if last_over_deadline:
         return WARN, "last frame over deadline"
     if decode_errors_recent:

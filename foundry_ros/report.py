@@ -70,6 +70,8 @@ def report_fields(frame_report: Any | None, *, times: StageTimes, points_in: int
                          + (times.mapped - times.predicted) * 1e3),
         "publish_ms": float((times.published - times.mapped) * 1e3),
         "frame_index": u32(record.index), "frames_dropped_stale": u32(record.stale),
+        "frames_received": u32(record.received), "frames_stale_total": u32(record.stale_total),
+        "frames_too_old": u32(record.too_old), "frames_lost": u32(record.lost), "frames_failed": u32(record.failed),
     }
 
 

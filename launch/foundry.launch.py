@@ -1,17 +1,32 @@
 """Launch the Foundry perception node.
 
-    ros2 launch foundry_ros foundry.launch.py model:=/path/model.pt input_topic:=/lidar/points device:=cuda
+    ros2 launch foundry_ros foundry.launch.py model:=/path/model.pt input_topic:=/lidar/points device:=cuda \
+        segments_topic:=/perception/segments
 
 Launch arguments (an empty value keeps what the parameters file says):
 
 * ``config``      -- ROS 2 parameters file (default: share/foundry_ros/config/foundry.yaml)
 * ``model``       -- model_path (exported Foundry model)
-* ``input_topic`` -- a single input PointCloud2 topic (replaces input_topics)
-* ``device``      -- torch device of the predictor ("cpu", "cuda", "cuda:0"); ``backend`` is an alias
-* ``precision``   -- "auto", "fp32", "fp16", "bf16"
-* ``namespace``   -- namespace of the node (its outputs are relative: <ns>/foundry/segments, ...)
+* ``input_topic`` -- a single input PointCloud2 topic (replaces the ``input_topics`` parameter,
+  default ``/points``)
+* ``device``      -- torch device of the predictor ("auto", "cpu", "cuda", "cuda:0")
+* ``backend``     -- inference backend ("auto", "tensorrt", "torch", "onnxruntime")
+* ``precision``   -- "auto", "fp32" or "fp16" (foundry_ros.params.PRECISION_CHOICES)
+* ``namespace``   -- namespace of the node (its outputs are node-private: <ns>/foundry/segments, ...)
 * ``log_level``   -- rcutils log level of the node (default info)
 * ``use_sim_time`` -- "true" when replaying bags with /clock
+
+Output remapping (the Autoware way: the node publishes node-private names, the launch file remaps
+them). Each argument below defaults to the private name itself, i.e. no change; any other value is
+passed as ``-r <private name>:=<value>`` (absolute, relative to the namespace, or ``~/...``):
+
+* ``segments_topic`` (``~/segments``), ``report_topic`` (``~/report``), ``labels_topic``
+  (``~/labels``), ``embeddings_topic`` (``~/embeddings``), ``debug_segments_rgb_topic``
+  (``~/debug/segments_rgb``), ``debug_supertokens_topic`` (``~/debug/supertokens``)
+
+``/diagnostics`` stays absolute. The input topics are ordinary names too, so instead of
+``input_topic`` a remapping of the default works as well: ``foundry-node --ros-args -r
+/points:=/lidar/points``.
 
 The executable ``foundry-node`` is the console entry ``foundry_ros.node:main``; setup.cfg installs
 it under lib/foundry_ros, where ``ros2 run`` / ``ros2 launch`` look for it.
@@ -28,6 +43,15 @@ from launch_ros.actions import Node
 
 PACKAGE = "foundry_ros"
 EXECUTABLE = "foundry-node"
+#: launch argument -> the node-private output name it remaps (foundry_ros.node's *_TOPIC constants)
+OUTPUT_REMAPS = {
+    "segments_topic": "~/segments",
+    "report_topic": "~/report",
+    "labels_topic": "~/labels",
+    "embeddings_topic": "~/embeddings",
+    "debug_segments_rgb_topic": "~/debug/segments_rgb",
+    "debug_supertokens_topic": "~/debug/supertokens",
+}
 
 
 def _default_config() -> str:
@@ -69,6 +93,8 @@ def _launch_node(context, *args, **kwargs):
         name="foundry",
         namespace=LaunchConfiguration("namespace").perform(context),
         parameters=parameters,
+        # substitutions, resolved by launch_ros (the defaults are identity remaps: ~/x:=~/x)
+        remappings=[(private, LaunchConfiguration(arg)) for arg, private in OUTPUT_REMAPS.items()],
         ros_arguments=["--log-level", LaunchConfiguration("log_level").perform(context)],
         output="screen",
         emulate_tty=True,
@@ -91,5 +117,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
         DeclareLaunchArgument("use_sim_time", default_value="", description="true to follow /clock"),
+        *[DeclareLaunchArgument(arg, default_value=private, description=f"remap the output {private}")
+          for arg, private in OUTPUT_REMAPS.items()],
         OpaqueFunction(function=_launch_node),
     ])

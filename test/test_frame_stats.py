@@ -27,14 +27,19 @@ def test_a_fresh_snapshot_is_all_zero():
     assert not snap.predictor_failed_last and not snap.last_over_deadline
 
 
+def _index_stale(record: FrameRecord) -> tuple[int, int]:
+    return record.index, record.stale
+
+
 def test_stale_frames_are_reported_once_with_the_next_frame():
     stats = FrameStats()
     for replaced in (False, True, True):  # two clouds overwritten before the worker took one
         stats.received(replaced_stale=replaced)
-    assert stats.frame_done(0.01, 0.1, 64, 128) == FrameRecord(index=0, stale=2)
-    assert stats.frame_done(0.01, 0.1, 64, 128) == FrameRecord(index=1, stale=0)
+    record = stats.frame_done(0.01, 0.1, 64, 128)
+    assert (record.index, record.stale, record.stale_total, record.received) == (0, 2, 2, 3)
+    assert _index_stale(stats.frame_done(0.01, 0.1, 64, 128)) == (1, 0)
     stats.received(replaced_stale=True)
-    assert stats.frame_done(0.01, 0.1, 64, 128) == FrameRecord(index=2, stale=1)
+    assert _index_stale(stats.frame_done(0.01, 0.1, 64, 128)) == (2, 1)
     snap = stats.snapshot()
     assert (snap.received, snap.stale, snap.frames) == (4, 3, 3)
 

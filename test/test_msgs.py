@@ -41,7 +41,8 @@ EXPECTED_FIELDS = {
         "latency_ms": "float", "deadline_ms": "float",
         "preprocess_ms": "float", "tokenize_ms": "float", "encode_ms": "float", "head_ms": "float",
         "publish_ms": "float",
-        "frame_index": "uint32", "frames_dropped_stale": "uint32",
+        "frame_index": "uint32", "frames_dropped_stale": "uint32", "frames_received": "uint32",
+        "frames_stale_total": "uint32", "frames_too_old": "uint32", "frames_lost": "uint32", "frames_failed": "uint32",
     },
     TokenEmbeddings: {
         "header": "std_msgs/Header", "num_tokens": "uint32", "embedding_dim": "uint32",

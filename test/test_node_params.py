@@ -24,7 +24,7 @@ def test_defaults_are_valid_and_documented():
         assert spec.description, spec.name
         if spec.lo is not None:
             assert spec.lo <= spec.default <= spec.hi, spec.name
-    assert defaults["qos_reliability"] == "best_effort" and defaults["qos_depth"] == 1
+    assert defaults["qos_reliability"] == "best_effort" and defaults["qos_depth"] == 2
     assert defaults["input_topics"] == ["/points"] and defaults["fusion_threshold"] == -1.0
     assert P.READ_ONLY == {"model_path", "device", "precision", "backend", "input_topics", "qos_reliability", "qos_depth",
                            "extra_fields"}
@@ -65,6 +65,31 @@ def test_run_time_changes_and_read_only():
     assert errors == ["model_path is read-only (restart the node to change it)"]
     assert P.validate_change(cur, {"model_path": cur["model_path"]}) == []  # unchanged is fine
     assert P.coerce_value(P.SPECS_BY_NAME["extra_fields"], None) == []  # `[]` in YAML = NOT_SET
+
+
+def test_unknown_parameter_names_are_reported_with_the_closest_known_name():
+    given = ["deadine_ms", "deadline_ms", "use_sim_time", "qos_overrides./points.subscription.depth", "zzz",
+             "declared_by_rclpy", "inputs_topics"]
+    assert P.unknown_parameter_messages(given, known=["declared_by_rclpy"]) == [
+        "unknown parameter 'deadine_ms' (did you mean 'deadline_ms'?); ignored",
+        "unknown parameter 'zzz' (not a parameter of this node); ignored",
+        "unknown parameter 'inputs_topics' (did you mean 'input_topics'?); ignored"]
+    assert P.unknown_parameter_messages(P.SPECS_BY_NAME) == []
+
+
+def test_integers_for_float_parameters_become_doubles_before_validation():
+    pytest.importorskip("rclpy", reason="ROS 2 wheels not installed")
+    from rclpy.parameter import Parameter
+
+    from foundry_ros.ros_params import ints_as_floats
+
+    T = Parameter.Type
+    out = ints_as_floats([Parameter("deadline_ms", T.INTEGER, 80), Parameter("qos_depth", T.INTEGER, 2),
+                          Parameter("setpoint", T.STRING, "x"), Parameter("other", T.INTEGER, 1)])
+    assert [(p.name, p.type_, p.value) for p in out] == [
+        ("deadline_ms", T.DOUBLE, 80.0), ("qos_depth", T.INTEGER, 2), ("setpoint", T.STRING, "x"),
+        ("other", T.INTEGER, 1)]
+    assert isinstance(out[0].value, float)
 
 
 def test_operating_point_is_auto_or_a_name_of_the_model():

@@ -18,7 +18,8 @@ FIELDS = {"operating_point",
           "tokens_in_encoder", "token_budget", "num_centers", "fusion_ratio", "fusion_threshold", "backend",
           "precision", "model_hash", "points_in", "points_used", "points_dropped", "points_unlabelled",
           "latency_ms", "deadline_ms", "preprocess_ms", "tokenize_ms", "encode_ms", "head_ms", "publish_ms",
-          "frame_index", "frames_dropped_stale"}
+          "frame_index", "frames_dropped_stale", "frames_received", "frames_stale_total", "frames_too_old",
+          "frames_lost", "frames_failed"}
 
 
 def frame_report(**kw) -> FrameReport:

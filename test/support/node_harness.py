@@ -237,3 +237,23 @@ def node_harness(tmp: Path, node_argv: list[str], overrides: str) -> Iterator[Ha
                 yield harness
         finally:
             stop_process(child, timeout=10)
+
+
+@contextlib.contextmanager
+def node_process(tmp: Path, node_argv: list[str], overrides: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """Like :func:`node_harness` without the Harness (for tests that wire their own topics, e.g. remapped
+    ones): the node process (shipped config plus ``overrides``) and its log file, on loopback-only DDS
+    that is also applied to this process while the block runs; the process is stopped at the end."""
+    overrides_path = tmp / "overrides.yaml"
+    overrides_path.write_text(overrides)
+    log = tmp / "node.log"
+    with local_dds(tmp / "ros") as env:
+        with open(log, "w") as log_f:
+            child = subprocess.Popen(
+                [sys.executable, *node_argv,
+                 "--params-file", str(SHIPPED_CONFIG), "--params-file", str(overrides_path)],
+                env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
+        try:
+            yield child, log
+        finally:
+            stop_process(child, timeout=10)
