@@ -21,10 +21,12 @@ KEYS = {"frames": int, "deadline_ms": float, "p50_ms": float, "p95_ms": float, "
 
 
 def run_demo(out: Path, *args: str, timeout: float = 240, quiet: bool = True) -> tuple[dict, str]:
-    """(demo.json, stdout) of a demo run that succeeded."""
+    """(demo.json, stdout) of a demo run that succeeded (local-only DDS set up before it starts)."""
+    from foundry_ros.dds import ros_env
     flags = ["--quiet"] if quiet else []
     proc = subprocess.run([sys.executable, "-m", "foundry_ros.demo", "--out", str(out), *flags, *args],
-                          cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=timeout)
+                          cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=timeout,
+                          env=ros_env(workdir=out.parent / f"{out.name}_ros"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "node.log").read_text()[-3000:]
     assert "[demo] summary:" in proc.stdout
     return json.loads((out / "demo.json").read_text()), proc.stdout
@@ -51,6 +53,33 @@ def test_demo_on_simulated_stream(tmp_path):
     assert (tmp_path / "out" / "demo.png").stat().st_size > 10_000
     last = np.load(tmp_path / "out" / "last_frame.npz")
     assert last["xyz"].shape[0] == last["labels"].shape[0] > 1000
+
+
+def test_demo_deadline_step_scenario(tmp_path):
+    """A short deadline-step run: the node's deadline goes from 100 to 50 ms at one third of the run
+    (through its parameter service), and the summary has the scenario's fields."""
+    model = export_task_model(tmp_path, operating_points=[      # cheap points: many frames in a few seconds
+        {"name": "small", "points": 1024, "centers": 16, "budget": 8},
+        {"name": "large", "points": 2048, "centers": 32, "budget": 16}])
+    out = tmp_path / "out"
+    s, stdout = run_demo(out, "--scenario", "deadline-step", "--duration", "6", "--frames", "4", "--model", model)
+    for key in ("frames", "hit_rate_after_10", "p95_ms", "mean_miou", "settle_frames", "hit_rate_after_settle",
+                "step_frame", "phases", "events", "operating_points"):
+        assert key in s, key
+    assert s["operating_points"] == ["small", "large"]
+    assert s["scenario"] == "deadline-step" and s["frames"] >= 8 and s["mean_miou"] > 0.0
+    assert [p["name"] for p in s["phases"]] == ["deadline 100 ms", "deadline 50 ms"]
+    assert s["events"][0]["kind"] == "deadline" and s["events"][0]["accepted"] is True
+    assert s["events"][0]["t_s"] == pytest.approx(2.0, abs=0.5)
+    rows = json.loads((out / "frames.json").read_text())
+    assert [r["frame_index"] for r in rows] == sorted(r["frame_index"] for r in rows) and len(rows) == s["frames"]
+    step = s["step_frame"]
+    assert 0 < step < len(rows) - 3
+    before, after = [r["deadline_ms"] for r in rows[:step]], [r["deadline_ms"] for r in rows[step + 3:]]
+    assert set(before) == {100.0} and set(after) == {50.0}      # exact in float32; frames in flight: 3
+    assert all(r["phase"] == (0 if i < step else 1) for i, r in enumerate(rows))
+    assert "deadline_ms -> 50.0 (accepted)" in stdout and "deadline-step: deadline step at frame" in stdout
+    assert (out / "demo.png").stat().st_size > 10_000
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "scans").is_dir(), reason="../shared/data/scans not available")
