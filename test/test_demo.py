@@ -34,7 +34,9 @@ def run_demo(out: Path, *args: str, timeout: float = 240, quiet: bool = True) ->
 
 @pytest.mark.slow
 def test_demo_on_simulated_stream(tmp_path):
-    model = export_task_model(tmp_path)                       # tiny random gated student (4 classes)
+    model = export_task_model(tmp_path, operating_points=[      # tiny random gated student (4 classes), cheap
+        {"name": "small", "points": 1024, "centers": 16, "budget": 8},   # points: > 10 frames in 10 s on a
+        {"name": "large", "points": 2048, "centers": 32, "budget": 16}])  # loaded 2-core machine
     s, stdout = run_demo(tmp_path / "out", "--duration", "10", "--frames", "4", "--model", model,
                          "--param", "deadline_ms=2000.0", quiet=False)
     for key, typ in KEYS.items():
