@@ -78,6 +78,7 @@ of either reliability.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import threading
@@ -153,12 +154,35 @@ class FoundryNode(Node):
     """ROS 2 node ``foundry``: see the module docstring for topics, QoS and threading."""
 
     def __init__(self, predictor_factory: PredictorFactory | None = None, *, start_worker: bool = True,
-                 **node_kwargs: Any) -> None:
+                 managed: bool = False, **node_kwargs: Any) -> None:
+        """Declare and check the parameters; unless ``managed`` (the lifecycle variant,
+        :mod:`foundry_ros.lifecycle_node`), also configure (model, controller, outputs, worker) and
+        activate (input subscriptions) at once."""
         super().__init__(NODE_NAME, **node_kwargs)
         self._msg = _message_types()
-        self._p = self._init_parameters()
-        self._predictor, self._model = self._init_predictor(predictor_factory or default_predictor_factory)
+        self._factory = predictor_factory or default_predictor_factory
+        self._start_worker = start_worker
         self._lock = threading.RLock()  # controller, parameters, period estimator
+        self._p = self._init_parameters()
+        self._configured = False
+        self._active = False
+        self._subs: list[Any] = []
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if not managed:
+            self.configure_pipeline()
+            self.activate_pipeline()
+
+    # ============================================================================================
+    # phases (a plain node runs configure + activate in __init__; the lifecycle node on transitions)
+
+    def configure_pipeline(self) -> None:
+        """Load the model (warm-up, calibration), build the controller, the outputs and the worker."""
+        p = read_parameters(self)
+        errors = P.validate_params(p)
+        if errors:
+            raise ValueError("invalid foundry parameters: " + "; ".join(errors))
+        self._p = p
+        self._predictor, self._model = self._init_predictor(self._factory)
         self._period = P.PeriodEstimator()
         self._controller = self._init_controller(self._period.deadline_s(self._p["deadline_ms"]))
         self._stats = FrameStats(initial_budget=self._initial_budget())
@@ -168,11 +192,53 @@ class FoundryNode(Node):
         self._shm_segment_bytes = profile_segment_bytes()
         self._integer_xyz_topics: set[str] = set()   # topics already warned about integer xyz
         self._worker = threading.Thread(target=self._run_worker, name="foundry-worker", daemon=True)
-        self._init_inputs()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        if start_worker:
+        self._input_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._diag_timer = self.create_timer(self._p["diagnostics_period_s"], self._publish_diagnostics,
+                                             callback_group=self._timer_group)
+        if self._start_worker:
             self._worker.start()
+        self._configured = True
         self._log_start()
+
+    def activate_pipeline(self) -> None:
+        """Subscribe to the inputs: frames flow from now on."""
+        qos = input_qos(self._p)
+        self._subs = [self._subscribe(topic, qos) for topic in self._p["input_topics"]]
+        self._active = True
+
+    def deactivate_pipeline(self) -> None:
+        """Unsubscribe; a frame still being processed is not published."""
+        self._active = False
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+
+    def cleanup_pipeline(self) -> None:
+        """Stop the worker, destroy the outputs and the timer, and free the model."""
+        if self._active:
+            self.deactivate_pipeline()
+        if not self._configured:
+            return
+        self._configured = False
+        self.stop_worker()
+        self._diag_timer.cancel()
+        self.destroy_timer(self._diag_timer)
+        for pub in (self._pub_segments, self._pub_report, self._pub_labels, self._pub_diag, self._pub_debug_rgb,
+                    self._pub_debug_tokens, self._pub_embeddings):
+            if pub is not None:
+                self.destroy_publisher(pub)
+        self._pub_embeddings = None
+        self._predictor = self._controller = None
+        gc.collect()
+
+    @property
+    def configured(self) -> bool:
+        return self._configured
+
+    @property
+    def active(self) -> bool:
+        return self._active
 
     # ============================================================================================
     # set-up
@@ -253,14 +319,6 @@ class FoundryNode(Node):
             self._ensure_embeddings_publisher()
         self._publish_label_map()
 
-    def _init_inputs(self) -> None:
-        self._input_group = ReentrantCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
-        qos = input_qos(self._p)
-        self._subs = [self._subscribe(topic, qos) for topic in self._p["input_topics"]]
-        self._diag_timer = self.create_timer(self._p["diagnostics_period_s"], self._publish_diagnostics,
-                                             callback_group=self._timer_group)
-
     def _log_start(self) -> None:
         p, m, ctl = self._p, self._model, self._controller
         deadline = "auto (sensor period)" if p["deadline_ms"] <= 0 else f"{p['deadline_ms']} ms"
@@ -289,6 +347,8 @@ class FoundryNode(Node):
         changes = {p.name: p.value for p in parameters if p.name in P.SPECS_BY_NAME}
         if not changes:
             return SetParametersResult(successful=True)
+        if not self._configured:  # lifecycle node before configure: the rules alone (no model yet)
+            return self._set_unconfigured(changes)
         with self._lock:
             try:
                 new_p, ctl = P.plan_change(self._p, changes, self._period, self._model.min_budget,
@@ -304,6 +364,17 @@ class FoundryNode(Node):
             self._p = new_p
         self._apply_output_changes(changes)
         self.get_logger().info(f"parameters changed: {P.normalise(changes)}; now {self._control_summary()}")
+        return SetParametersResult(successful=True)
+
+    def _set_unconfigured(self, changes: dict[str, Any]) -> SetParametersResult:
+        try:
+            new_p = {**self._p, **P.normalise(changes)}
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        errors = P.validate_params(new_p)
+        if errors:
+            return SetParametersResult(successful=False, reason="; ".join(errors))
+        self._p = new_p
         return SetParametersResult(successful=True)
 
     def _apply_output_changes(self, changes: dict[str, Any]) -> None:
@@ -382,6 +453,8 @@ class FoundryNode(Node):
         except _SkipFrame:
             return
         times.predicted = time.monotonic()
+        if not self._active:  # deactivated while the frame was in the model: publish nothing
+            return
         header = output_header(frame.msg.header, p["frame_id_override"])
         self._publish_outputs(header, decoded, result, p, times)
         self._finish_frame(header, decoded, result, control, times, p)
@@ -506,8 +579,12 @@ class FoundryNode(Node):
     def diagnostics_snapshot(self) -> dict[str, Any]:
         """``level_msg`` and the values of the next diagnostics status (see :mod:`foundry_ros.diagnostics`)."""
         with self._lock:
-            return diagnostic_values(self._stats.snapshot(), self._controller, self._p, self._model,
-                                     self._period.period_s, self._shm_segment_bytes)
+            values = diagnostic_values(self._stats.snapshot(), self._controller, self._p, self._model,
+                                       self._period.period_s, self._shm_segment_bytes)
+        values["state"] = "active" if self._active else "inactive"
+        if not self._active and values["level_msg"][0] == P.OK:
+            values["level_msg"] = (P.OK, "inactive (lifecycle): not subscribed to the inputs")
+        return values
 
     def _publish_diagnostics(self) -> None:
         M = self._msg
@@ -533,8 +610,10 @@ class FoundryNode(Node):
             self._worker.join(timeout)
 
     def destroy_node(self) -> None:
-        self.stop_worker()
-        super().destroy_node()
+        try:
+            self.cleanup_pipeline()
+        finally:
+            super().destroy_node()
 
 
 # ================================================================================================
@@ -557,6 +636,9 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="ROS 2 parameters file ('foundry: ros__parameters: {...}'); repeatable, later "
                              "files override earlier ones (merged into one before rcl reads them, see "
                              "foundry_ros.params_files), --ros-args -p overrides them all")
+    parser.add_argument("--lifecycle", action="store_true",
+                        help="run the managed (lifecycle) node: it starts unconfigured and follows "
+                             "configure / activate / deactivate / cleanup / shutdown (foundry_ros.lifecycle_node)")
     return parser.parse_args(own), list(argv)
 
 
@@ -685,7 +767,11 @@ def _run(argv: list[str] | None, predictor_factory: PredictorFactory | None, sto
     interrupted = ""
     try:
         if stop.signum is None:  # a signal during rclpy.init: do not start at all
-            node = FoundryNode(predictor_factory)
+            if ns.lifecycle:
+                from foundry_ros.lifecycle_node import FoundryLifecycleNode
+                node = FoundryLifecycleNode(predictor_factory)
+            else:
+                node = FoundryNode(predictor_factory)
             executor = _Executor(num_threads=2)
             executor.add_node(node)
             executor.spin()

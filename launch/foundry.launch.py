@@ -15,6 +15,10 @@ Launch arguments (an empty value keeps what the parameters file says):
 * ``namespace``   -- namespace of the node (its outputs are node-private: <ns>/foundry/segments, ...)
 * ``log_level``   -- rcutils log level of the node (default info)
 * ``use_sim_time`` -- "true" when replaying bags with /clock
+* ``lifecycle``   -- "true" starts the managed (lifecycle) node (``foundry-node --lifecycle``,
+  foundry_ros.lifecycle_node): it comes up unconfigured; configure loads the model and calibrates,
+  activate subscribes, deactivate stops publishing, cleanup frees the model (drive it with
+  ``ros2 lifecycle set /foundry configure`` or a lifecycle manager)
 
 Output remapping (the Autoware way: the node publishes node-private names, the launch file remaps
 them). Each argument below defaults to the private name itself, i.e. no change; any other value is
@@ -28,8 +32,9 @@ passed as ``-r <private name>:=<value>`` (absolute, relative to the namespace, o
 ``input_topic`` a remapping of the default works as well: ``foundry-node --ros-args -r
 /points:=/lidar/points``.
 
-The executable ``foundry-node`` is the console entry ``foundry_ros.node:main``; setup.cfg installs
-it under lib/foundry_ros, where ``ros2 run`` / ``ros2 launch`` look for it.
+The executable ``foundry-node`` is the console entry ``foundry_ros.node:main``; the package's
+CMakeLists.txt (colcon build) and setup.cfg (pip) install it under lib/foundry_ros, where ``ros2 run``
+/ ``ros2 launch`` look for it.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 PACKAGE = "foundry_ros"
 EXECUTABLE = "foundry-node"
@@ -87,7 +92,9 @@ def _launch_node(context, *args, **kwargs):
     overrides = _overrides(context)
     if overrides:
         parameters.append(overrides)  # later entries win over the file
-    node = Node(
+    lifecycle = LaunchConfiguration("lifecycle").perform(context).strip().lower() in ("1", "true", "yes", "on")
+    action = LifecycleNode if lifecycle else Node
+    node = action(
         package=PACKAGE,
         executable=EXECUTABLE,
         name="foundry",
@@ -96,6 +103,7 @@ def _launch_node(context, *args, **kwargs):
         # substitutions, resolved by launch_ros (the defaults are identity remaps: ~/x:=~/x)
         remappings=[(private, LaunchConfiguration(arg)) for arg, private in OUTPUT_REMAPS.items()],
         ros_arguments=["--log-level", LaunchConfiguration("log_level").perform(context)],
+        arguments=["--lifecycle"] if lifecycle else [],
         output="screen",
         emulate_tty=True,
     )
@@ -117,6 +125,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
         DeclareLaunchArgument("use_sim_time", default_value="", description="true to follow /clock"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="true: the managed (lifecycle) node, started unconfigured"),
         *[DeclareLaunchArgument(arg, default_value=private, description=f"remap the output {private}")
           for arg, private in OUTPUT_REMAPS.items()],
         OpaqueFunction(function=_launch_node),

@@ -48,3 +48,11 @@ def test_docstring_lists_only_accepted_precisions():
     quoted = {w.strip('",') for w in line.split() if w.startswith('"')}
     assert quoted == set(P.PRECISION_CHOICES), line
     assert "bf16" not in doc
+
+
+def test_lifecycle_argument_starts_the_managed_node(tmp_path, monkeypatch):
+    plain = run_launch_file(tmp_path, monkeypatch)
+    assert plain["kind"] == "node" and plain["node"]["arguments"] == []
+    managed = run_launch_file(tmp_path, monkeypatch, {"lifecycle": "true", "namespace": "robot1"})
+    assert managed["kind"] == "lifecycle_node" and managed["node"]["arguments"] == ["--lifecycle"]
+    assert managed["node"]["name"] == "foundry" and managed["node"]["namespace"] == "robot1"

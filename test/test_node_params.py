@@ -3,8 +3,6 @@ plus the shipped config/foundry.yaml and launch/foundry.launch.py checked agains
 from __future__ import annotations
 
 import py_compile
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -221,49 +219,20 @@ def test_shipped_params_file_covers_every_parameter():
 
 
 def test_launch_file_compiles_and_builds_the_node(tmp_path, monkeypatch):
-    launch_file = ROOT / "launch" / "foundry.launch.py"
-    py_compile.compile(str(launch_file), doraise=True)
+    from support.launch_stubs import LAUNCH_FILE, run_launch_file
+
+    py_compile.compile(str(LAUNCH_FILE), doraise=True)
     # launch / launch_ros are not installable here: run the file against minimal stand-ins.
-    config = tmp_path / "share" / "foundry_ros" / "config" / "foundry.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text("foundry: {ros__parameters: {}}\n")
-    args = {"config": str(config), "model": "/m.pt", "input_topic": "/lidar", "device": "cuda", "backend": "tensorrt",
+    args = {"model": "/m.pt", "input_topic": "/lidar", "device": "cuda", "backend": "tensorrt",
             "precision": "", "namespace": "robot1", "log_level": "warn", "use_sim_time": "true"}
-
-    class LaunchConfiguration:
-        def __init__(self, name):
-            self.name = name
-
-        def perform(self, context):
-            return context[self.name]
-
-    def record(kind):
-        return lambda *a, **kw: (kind, a, kw)
-
-    stubs = {
-        "launch": types.SimpleNamespace(LaunchDescription=list),
-        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=record("arg"),
-                                                OpaqueFunction=record("opaque")),
-        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
-        "launch_ros": types.SimpleNamespace(), "launch_ros.actions": types.SimpleNamespace(Node=record("node")),
-        "ament_index_python": types.SimpleNamespace(),
-        "ament_index_python.packages": types.SimpleNamespace(
-            get_package_share_directory=lambda pkg: str(tmp_path / "share" / pkg)),
-    }
-    for name, mod in stubs.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    ns: dict = {"__name__": "foundry_launch"}
-    exec(compile(launch_file.read_text(), str(launch_file), "exec"), ns)
-    entries = ns["generate_launch_description"]()
-    declared = {e[1][0]: e[2]["default_value"] for e in entries if e[0] == "arg"}
-    assert declared["config"] == str(config)
+    run = run_launch_file(tmp_path, monkeypatch, args)
+    declared, node, config = run["declared"], run["node"], run["config"]
+    assert declared["config"] == config
     assert {"model", "input_topic", "device", "backend"} <= set(declared)
-    opaque = [e for e in entries if e[0] == "opaque"][0]
-    [(kind, _, node)] = opaque[2]["function"](args)
-    assert kind == "node" and node["package"] == "foundry_ros" and node["executable"] == "foundry-node"
+    assert run["kind"] == "node" and node["package"] == "foundry_ros" and node["executable"] == "foundry-node"
     assert node["name"] == "foundry" and node["namespace"] == "robot1"
-    assert node["parameters"] == [str(config), {"model_path": "/m.pt", "device": "cuda", "backend": "tensorrt",
-                                                "input_topics": ["/lidar"], "use_sim_time": True}]
+    assert node["parameters"] == [config, {"model_path": "/m.pt", "device": "cuda", "backend": "tensorrt",
+                                           "input_topics": ["/lidar"], "use_sim_time": True}]
     assert node["ros_arguments"] == ["--log-level", "warn"]
 
 

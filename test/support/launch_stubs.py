@@ -36,7 +36,8 @@ def run_launch_file(tmp_path: Path, monkeypatch: Any, args: Mapping[str, str] | 
         "launch": types.SimpleNamespace(LaunchDescription=list),
         "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=_record("arg"), OpaqueFunction=_record("opaque")),
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
-        "launch_ros": types.SimpleNamespace(), "launch_ros.actions": types.SimpleNamespace(Node=_record("node")),
+        "launch_ros": types.SimpleNamespace(), "launch_ros.actions": types.SimpleNamespace(Node=_record("node"),
+                                                                            LifecycleNode=_record("lifecycle_node")),
         "ament_index_python": types.SimpleNamespace(),
         "ament_index_python.packages": types.SimpleNamespace(
             get_package_share_directory=lambda pkg: str(tmp_path / "share" / pkg)),
@@ -50,5 +51,5 @@ def run_launch_file(tmp_path: Path, monkeypatch: Any, args: Mapping[str, str] | 
     context = {**declared, **(args or {})}
     [opaque] = [e for e in entries if e[0] == "opaque"]
     [(kind, _, node)] = opaque[2]["function"](context)
-    assert kind == "node"
-    return {"declared": declared, "node": node, "context": context, "config": str(config)}
+    assert kind in ("node", "lifecycle_node")
+    return {"declared": declared, "node": node, "kind": kind, "context": context, "config": str(config)}
