@@ -209,7 +209,7 @@ def test_diagnostic_levels():
 
 def test_shipped_params_file_covers_every_parameter():
     doc = yaml.safe_load((ROOT / "config" / "foundry.yaml").read_text())
-    values = doc["foundry"]["ros__parameters"]
+    values = doc["/**/foundry"]["ros__parameters"]
     assert set(values) == set(P.SPECS_BY_NAME)
     assert P.validate_params(values) == []
     text = (ROOT / "config" / "foundry.yaml").read_text().splitlines()

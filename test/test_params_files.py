@@ -119,6 +119,36 @@ def test_rcl_reads_the_merged_file_with_the_later_values(tmp_path):
     assert got["/robot1"]["setpoint"] == (T.DOUBLE, 0.7)
 
 
+def test_shipped_config_applies_in_any_namespace_and_a_plain_override_still_wins(tmp_path):
+    """config/foundry.yaml's ``/**/foundry`` key reaches a namespaced node; a user's later ``foundry:``
+    file overrides it (rcl: the later entry wins)."""
+    rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed")
+    from rclpy.context import Context
+    from rclpy.signals import SignalHandlerOptions
+
+    from support import REPO_ROOT
+    from support.ros_session import local_dds
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("foundry:\n  ros__parameters:\n    setpoint: 0.5\n")
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(merged_yaml(merge_params_files([REPO_ROOT / "config" / "foundry.yaml", mine])))
+    got = {}
+    with local_dds(tmp_path / "ros"):
+        for ns in ("/", "/robot1"):
+            ctx = Context()
+            rclpy.init(args=["x", "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(merged)], context=ctx,
+                       signal_handler_options=SignalHandlerOptions.NO)
+            try:
+                node = rclpy.create_node("foundry", context=ctx)
+                got[ns] = {k: p.value for k, p in node._parameter_overrides.items()}
+                node.destroy_node()
+            finally:
+                rclpy.shutdown(context=ctx)
+    assert got["/robot1"]["input_topics"] == ["/points"] and got["/robot1"]["setpoint"] == 0.85
+    assert got["/"]["setpoint"] == 0.5 and got["/"]["qos_depth"] == 2
+
+
 # ------------------------------------------------------------------------------------------------
 # the node process: shipped config + a second file
 
