@@ -242,6 +242,20 @@ def test_large_clouds_best_effort_over_shared_memory(h):
     assert sent_total <= 12, f"{sent_total} publications for 3 large clouds"
 
 
+def test_incompatible_qos_publisher_turns_diagnostics_to_warn(tmp_path):
+    """A best-effort driver against qos_reliability: reliable is never received: WARN with the reason."""
+    with node_harness(tmp_path, FAKE_NODE, OVERRIDES + "    qos_reliability: reliable\n") as own:
+        own.fresh_diagnostics()
+        assert own.diagnostics[-1].level == DiagnosticStatus.OK  # waiting for input
+        own.node.create_publisher(type(make_cloud(*random_cloud(1), 1, 1)), TOPIC,
+                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        own.wait(lambda: own.diagnostics and own.diagnostics[-1].level == DiagnosticStatus.WARN,
+                 "a WARN diagnostics status after the incompatible publisher appeared")
+        status = own.diagnostics[-1]
+        assert "incompatible QoS" in status.message and "RELIABILITY" in status.message, status.message
+        assert TOPIC in status.message and own.diag_count("incompatible_qos_events") >= 1
+
+
 def test_clean_shutdown_on_sigint(tmp_path):
     with node_harness(tmp_path, FAKE_NODE, OVERRIDES) as own:  # its own node: this test stops it
         xyz, intensity = random_cloud(30, seed=7)
