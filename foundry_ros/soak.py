@@ -92,14 +92,15 @@ def parse_args(argv):
     ap.add_argument("--warmup-s", type=float, default=20.0, help="streaming time before rss_mb_start")
     ap.add_argument("--shm-segment-mb", type=float, default=0.0,
                     help="shared-memory segment of both processes (default: foundry_ros.dds, 64 MiB)")
-    ap.add_argument("--out", default="runs/soak/soak.json", help="result file (a node.log lands next to it)")
+    ap.add_argument("--out", default="runs/soak/soak.json", help="result file")
+    ap.add_argument("--work", default="runs/soak/work", help="folder of the node's log, parameters and DDS files")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    workdir = out.parent / (out.stem + "_run")
+    workdir = Path(args.work).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     seg = int(args.shm_segment_mb * 2**20) if args.shm_segment_mb > 0 else None
     env = dds.ros_env(workdir=workdir / "ros", shm_segment_bytes=seg)

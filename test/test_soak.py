@@ -21,7 +21,7 @@ def test_short_soak_accounts_for_every_published_frame(tmp_path):
     cmd = [sys.executable, "-m", "foundry_ros.soak", "--duration", "4", "--rate", "20", "--source", "sim",
            "--sim-frames", "2", "--points", "20000", "--warmup-s", "1",
            "--node-cmd", str(TEST_DIR / "foundry_node_fake.py"), "--param", 'extra_fields=["intensity"]',
-           "--param", "max_age_s=0.0", "--out", str(out)]
+           "--param", "max_age_s=0.0", "--out", str(out), "--work", str(tmp_path / "work")]
     run = subprocess.run(cmd, env=with_test_path(dict(os.environ)), cwd=str(REPO_ROOT),
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
