@@ -88,16 +88,17 @@ def test_not_a_parameters_file_is_refused_with_the_place(tmp_path):
     assert read_params_file(empty) == {} and merged_yaml({}) == "{}\n"
 
 
-def test_rcl_reads_the_merged_file_with_the_later_values(tmp_path):
-    rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed")
+def _overrides_read_by_rcl(tmp_path, files) -> dict[str, dict[str, tuple]]:
+    """namespace -> parameter -> (type, value) that rcl gives a node ``foundry`` in ``/`` and ``/robot1``
+    for ``files`` merged into one parameters file."""
+    import rclpy
     from rclpy.context import Context
-    from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
     from support.ros_session import local_dds
 
     merged = tmp_path / "merged.yaml"
-    merged.write_text(merged_yaml(merge_params_files(_files(tmp_path, A, B))))
+    merged.write_text(merged_yaml(merge_params_files(files)))
     got = {}
     with local_dds(tmp_path / "ros"):
         for ns in ("/", "/robot1"):
@@ -110,6 +111,14 @@ def test_rcl_reads_the_merged_file_with_the_later_values(tmp_path):
                 node.destroy_node()
             finally:
                 rclpy.shutdown(context=ctx)
+    return got
+
+
+def test_rcl_reads_the_merged_file_with_the_later_values(tmp_path):
+    pytest.importorskip("rclpy", reason="ROS 2 wheels not installed")
+    from rclpy.parameter import Parameter
+
+    got = _overrides_read_by_rcl(tmp_path, _files(tmp_path, A, B))
     T = Parameter.Type
     root = got["/"]
     assert root["deadline_ms"] == (T.STRING, "fast")  # rcl given A and B directly: (DOUBLE, 10.0)
@@ -122,31 +131,14 @@ def test_rcl_reads_the_merged_file_with_the_later_values(tmp_path):
 def test_shipped_config_applies_in_any_namespace_and_a_plain_override_still_wins(tmp_path):
     """config/foundry.yaml's ``/**/foundry`` key reaches a namespaced node; a user's later ``foundry:``
     file overrides it (rcl: the later entry wins)."""
-    rclpy = pytest.importorskip("rclpy", reason="ROS 2 wheels not installed")
-    from rclpy.context import Context
-    from rclpy.signals import SignalHandlerOptions
-
+    pytest.importorskip("rclpy", reason="ROS 2 wheels not installed")
     from support import REPO_ROOT
-    from support.ros_session import local_dds
 
     mine = tmp_path / "mine.yaml"
     mine.write_text("foundry:\n  ros__parameters:\n    setpoint: 0.5\n")
-    merged = tmp_path / "merged.yaml"
-    merged.write_text(merged_yaml(merge_params_files([REPO_ROOT / "config" / "foundry.yaml", mine])))
-    got = {}
-    with local_dds(tmp_path / "ros"):
-        for ns in ("/", "/robot1"):
-            ctx = Context()
-            rclpy.init(args=["x", "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(merged)], context=ctx,
-                       signal_handler_options=SignalHandlerOptions.NO)
-            try:
-                node = rclpy.create_node("foundry", context=ctx)
-                got[ns] = {k: p.value for k, p in node._parameter_overrides.items()}
-                node.destroy_node()
-            finally:
-                rclpy.shutdown(context=ctx)
-    assert got["/robot1"]["input_topics"] == ["/points"] and got["/robot1"]["setpoint"] == 0.85
-    assert got["/"]["setpoint"] == 0.5 and got["/"]["qos_depth"] == 2
+    got = _overrides_read_by_rcl(tmp_path, [REPO_ROOT / "config" / "foundry.yaml", mine])
+    assert got["/robot1"]["input_topics"][1] == ["/points"] and got["/robot1"]["setpoint"][1] == 0.85
+    assert got["/"]["setpoint"][1] == 0.5 and got["/"]["qos_depth"][1] == 2
 
 
 # ------------------------------------------------------------------------------------------------

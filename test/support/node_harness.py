@@ -218,32 +218,21 @@ class Harness:
 def node_harness(tmp: Path, node_argv: list[str], overrides: str) -> Iterator[Harness]:
     """Start a node process (node_argv after the interpreter) on loopback-only DDS with the shipped
     config plus `overrides` (params-file text); yield a Harness once everything is matched."""
-    overrides_path = tmp / "overrides.yaml"
-    overrides_path.write_text(overrides)
-    log = tmp / "node.log"
-    with local_dds(tmp / "ros") as env:
-        with open(log, "w") as log_f:
-            child = subprocess.Popen(
-                [sys.executable, *node_argv,
-                 "--params-file", str(SHIPPED_CONFIG), "--params-file", str(overrides_path)],
-                env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
-        try:
-            with ros_session("foundry_test_client") as (node, ex):
-                harness = Harness(child, log, node, ex)
-                harness.wait(lambda: harness.pub.get_subscription_count() > 0, "the node's input subscription",
-                             timeout=STARTUP_TIMEOUT_S)
-                harness.wait(lambda: all(s.get_publisher_count() > 0 for s in harness.subs[:3]),
-                             "the node's publishers")
-                yield harness
-        finally:
-            stop_process(child, timeout=10)
+    with node_process(tmp, node_argv, overrides) as (child, log):
+        with ros_session("foundry_test_client") as (node, ex):
+            harness = Harness(child, log, node, ex)
+            harness.wait(lambda: harness.pub.get_subscription_count() > 0, "the node's input subscription",
+                         timeout=STARTUP_TIMEOUT_S)
+            harness.wait(lambda: all(s.get_publisher_count() > 0 for s in harness.subs[:3]),
+                         "the node's publishers")
+            yield harness
 
 
 @contextlib.contextmanager
 def node_process(tmp: Path, node_argv: list[str], overrides: str) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """Like :func:`node_harness` without the Harness (for tests that wire their own topics, e.g. remapped
-    ones): the node process (shipped config plus ``overrides``) and its log file, on loopback-only DDS
-    that is also applied to this process while the block runs; the process is stopped at the end."""
+    """The node process (node_argv after the interpreter; shipped config plus ``overrides``, params-file
+    text) and its log file, on loopback-only DDS that is also applied to this process while the block
+    runs (for tests that wire their own topics, e.g. remapped ones); the process is stopped at the end."""
     overrides_path = tmp / "overrides.yaml"
     overrides_path.write_text(overrides)
     log = tmp / "node.log"
