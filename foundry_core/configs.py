@@ -107,8 +107,21 @@ class JEPAConfig:
     loss_beta: float = 2.0
     min_context: int = 4
     export: Literal["target", "online"] = "target"   # which encoder becomes the teacher backbone
+    # objective: "jepa" (predict the EMA target's tokens) or "mae" (Point-MAE control: reconstruct the
+    # masked groups' points, Chamfer L2; same backbone, masks and predictor; no EMA, exports the encoder)
+    objective: Literal["jepa", "mae"] = "jepa"
+    # predictor positions: "absolute" centers, or "context_relative" (every center minus the mean of the
+    # cloud's context centers, so absolute target positions alone cannot give the answer)
+    predictor_pos: Literal["absolute", "context_relative"] = "absolute"
+    target_pos_noise: float = 0.0       # std of Gaussian noise on the target positions the predictor sees
+    context_tokens_only: bool = False   # online tokenizer embeds only the context groups (same groups, less work)
+    predictor_batched: bool = False     # one predictor sequence per cloud for all target blocks (block-masked attention)
+    cpu_bf16: bool = False              # bfloat16 autocast of the training step on CPU (AMX / AVX512-BF16)
+    native_grouping: bool = False       # CPU: FPS by fpsample (vanilla kernel) and kNN by pykdtree at every size (same groups)
 
     def __post_init__(self) -> None:
+        if self.target_pos_noise < 0:
+            raise ConfigError("jepa.target_pos_noise must be >= 0")
         for name in ("target_scale", "context_scale", "ema"):
             if len(getattr(self, name)) != 2:
                 raise ConfigError(f"jepa.{name} must be a list of two numbers [start, end]")
@@ -184,7 +197,7 @@ class FinetuneConfig:
     seg_hidden: list[int] = field(default_factory=lambda: [512, 256])   # widths of the segmentation MLP
     seg_point_geometry: bool = False  # the segmentation MLP also reads each point's offset from its nearest center
     category_embedding: bool = True   # partseg: add a learned object-category embedding
-    class_weighting: Literal["none", "inverse_sqrt"] = "none"   # segmentation: weight rare classes up
+    class_weighting: Literal["none", "inverse_sqrt", "inverse"] = "none"   # segmentation: weight rare classes up
     # compute range of the model (scene models): each training batch runs at one of these points
     # (points subsampled from data.num_points, c centers, budget); empty = the fixed model.num_groups
     operating_points: list[OperatingPoint] = field(default_factory=list)
@@ -199,6 +212,36 @@ class FinetuneConfig:
             if op.points > self.data.num_points:
                 raise ConfigError(f"operating point {op.name}: points {op.points} > data.num_points "
                                   f"{self.data.num_points} (the clouds training draws from)")
+
+
+@dataclass
+class StudentTokenizerConfig:
+    """The student's tokenizer: the teacher's (a frozen copy) or a student tokenizer of its own (ours),
+    a compact mini-PointNet (models/compact_pointnet.py) on the teacher's groups, trained to reproduce
+    the teacher's tokens: token_loss_weight * SmoothL1(student tokens, teacher tokens) is added to the
+    distillation loss, after init_epochs epochs of distilling the tokenizer alone (0: none)."""
+
+    kind: Literal["teacher", "compact"] = "teacher"
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256])   # h1, h2 (local MLP), h3 (group MLP)
+    group_points: int | None = None     # read the k' nearest points of each group; None = all k
+    token_loss_weight: float = 1.0      # weight of the token-level loss (kind compact)
+    init_epochs: int = 0                # epochs of tokenizer-only distillation before the main loop
+    init_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise ConfigError("student.tokenizer.widths must be three widths >= 1 [h1, h2, h3]")
+        if self.group_points is not None and self.group_points < 1:
+            raise ConfigError("student.tokenizer.group_points must be >= 1 or null")
+        if self.token_loss_weight < 0 or self.init_epochs < 0 or self.init_lr <= 0:
+            raise ConfigError("student.tokenizer: token_loss_weight and init_epochs must be >= 0, init_lr > 0")
+
+    @property
+    def pointnet(self) -> dict | None:
+        """PointTokenizer's `pointnet` argument (None: the teacher's mini-PointNet)."""
+        if self.kind == "teacher":
+            return None
+        return {"kind": self.kind, "widths": list(self.widths), "group_points": self.group_points}
 
 
 @dataclass
@@ -219,6 +262,7 @@ class StudentConfig:
     cau_skip: bool = False              # CAU adds the routed SuperToken output (zero-init MLP; see models/cau.py)
     # DSO similarity: "dot" (the paper) or "cosine" (centred keys, learnable scale; see models/dso.py)
     dso_similarity: Literal["dot", "cosine"] = "dot"
+    tokenizer: StudentTokenizerConfig = field(default_factory=StudentTokenizerConfig)   # kind teacher: a frozen copy
 
     def __post_init__(self) -> None:
         if self.supertokens < 1:

@@ -95,3 +95,8 @@ def test_segmentation_class_weights_favour_rare_classes():
     assert segmentation_class_weights(FinetuneConfig(task="sceneseg"), shapes) is None
     w = segmentation_class_weights(FinetuneConfig(task="sceneseg", class_weighting="inverse_sqrt"), shapes)
     assert w[2] == 0 and float(w[1] / w[0]) == pytest.approx(3.0) and float(w[:2].mean()) == pytest.approx(1.0)
+    inv = segmentation_class_weights(FinetuneConfig(task="sceneseg", class_weighting="inverse"), shapes)
+    assert inv[2] == 0 and float(inv[1] / inv[0]) == pytest.approx(9.0) and float(inv[:2].mean()) == pytest.approx(1.0)
+    rare = SimpleNamespace(seg_classes=["ground", "sphere"], seg=[np.array([0] * 9999 + [1])])  # 1 in 10,000
+    capped = segmentation_class_weights(FinetuneConfig(task="sceneseg", class_weighting="inverse"), rare)
+    assert float(capped[1] / capped[0]) == pytest.approx(50.0)  # MAX_CLASS_WEIGHT_RATIO, not 9,999

@@ -107,16 +107,24 @@ class SupervisedTask:
                 + decay_groups(model.head))
 
 
+#: Largest ratio between two class weights (a class of 0.1 % of the points must not swamp the loss).
+MAX_CLASS_WEIGHT_RATIO = 50.0
+
+
 def segmentation_class_weights(cfg: FinetuneConfig, shapes) -> torch.Tensor | None:
-    """class_weighting inverse_sqrt: w_k = 1 / sqrt(f_k) of the training points' class frequencies,
+    """class_weighting inverse_sqrt: w_k = 1 / sqrt(f_k) of the training points' class frequencies;
+    inverse: w_k = 1 / f_k, capped at :data:`MAX_CLASS_WEIGHT_RATIO` times the smallest weight; both
     normalised to mean 1 over the classes present (absent classes get weight 0)."""
     if cfg.task == "cls" or cfg.class_weighting == "none":
         return None
     k = len(shapes.seg_classes)
     counts = np.bincount(np.concatenate([np.asarray(s).reshape(-1) for s in shapes.seg]), minlength=k)[:k]
     freq = counts / max(1, counts.sum())
-    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
-    w = w / w[counts > 0].mean()
+    power = 1.0 if cfg.class_weighting == "inverse" else 0.5
+    w = np.where(counts > 0, 1.0 / np.maximum(freq, 1e-12) ** power, 0.0)
+    present = counts > 0
+    w[present] = np.minimum(w[present], MAX_CLASS_WEIGHT_RATIO * w[present].min())
+    w = w / w[present].mean()
     print(f"[finetune] class weights {dict(zip(shapes.seg_classes, np.round(w, 2).tolist()))}", flush=True)
     return torch.tensor(w, dtype=torch.float32)
 
