@@ -78,9 +78,10 @@ def test_fps_auto_uses_fpsample_above_threshold(monkeypatch):
     assert calls == [("fpsample", False)]
     torch.testing.assert_close(out, farthest_point_sample(big, 16, start_idx=start, method="fpsample"))
     calls.clear()
-    small = _cloud(2, 63, 31, torch.float32)
-    farthest_point_sample(small, 16, start_idx=start, method="auto")
-    assert calls == ["torch"]
+    small = _cloud(2, 63, 31, torch.float32)     # below: the vanilla kernel, index for index the torch loop's
+    out = farthest_point_sample(small, 16, start_idx=start, method="auto")
+    assert calls == [("fpsample", True)]
+    torch.testing.assert_close(out, farthest_point_sample(small, 16, start_idx=start, method="torch"))
 
 
 @pytest.mark.parametrize("method", ["torch", "fpsample_exact", "fpsample", "auto"])

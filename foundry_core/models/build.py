@@ -39,10 +39,12 @@ def build_student(sc: StudentConfig, teacher: PointBackbone, fit_data=None) -> B
         student = FoundryStudent.from_teacher(
             teacher, sc.supertokens, student_cfg=sc.model, gate=sc.gate, freeze_tokenizer=sc.freeze_tokenizer,
             qkv_bias=sc.qkv_bias, tau=sc.tau, hard=sc.hard, cau_out_norm=sc.cau_out_norm, cau_skip=sc.cau_skip,
-            gate_reg_weight=sc.gate_lambda, dso_similarity=sc.dso_similarity)
+            gate_reg_weight=sc.gate_lambda, dso_similarity=sc.dso_similarity,
+            tokenizer_pointnet=sc.tokenizer.pointnet)
         return student.freeze_encoder(sc.frozen_student)
     from .baselines import BASELINES
     student = BASELINES[sc.kind].from_teacher(teacher, student_cfg=sc.model, freeze_tokenizer=sc.freeze_tokenizer,
+                                              tokenizer_pointnet=sc.tokenizer.pointnet,
                                               **{BASELINE_SIZE_ARG[sc.kind]: sc.supertokens})
     if sc.kind == "kmeans":
         if fit_data is None:

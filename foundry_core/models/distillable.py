@@ -39,26 +39,41 @@ class FreezableBackbone(Backbone):
 
     @classmethod
     def from_teacher(cls, teacher: PointBackbone, *args, student_cfg: ModelConfig | None = None,
-                     freeze_tokenizer: bool = True, init_encoder: bool = True, **kwargs):
+                     freeze_tokenizer: bool = True, init_encoder: bool = True, tokenizer_pointnet: dict | None = None,
+                     **kwargs):
         """A student / baseline on a deep copy of the teacher's tokenizer (frozen by default, same
         grouping, so teacher and student see the same tokens) and an encoder built from student_cfg
         (default: the teacher's config) initialised from the teacher's encoder wherever a tensor of
         the same name and shape exists. With the teacher's own config a baseline is the "inference
         from baseline" model (no training needed); the same module is what FMD trains. Extra
-        arguments go to the constructor; teacher_dim defaults to the teacher's width."""
+        arguments go to the constructor; teacher_dim defaults to the teacher's width.
+        tokenizer_pointnet: a student tokenizer of its own instead of the copy (same grouping, the
+        teacher's positional embedding copied, this group encoder fresh; see
+        models/compact_pointnet.py); it is never frozen (distillation trains it)."""
         encoder, cfg, copied = encoder_from_teacher(teacher, student_cfg, init_encoder)
         kwargs.setdefault("teacher_dim", teacher.dim)
-        model = cls(copy.deepcopy(teacher.tokenizer), encoder, *args, cfg=cfg, **kwargs)
+        if tokenizer_pointnet is None:
+            tokenizer = copy.deepcopy(teacher.tokenizer)
+        else:
+            tokenizer, freeze_tokenizer = teacher.tokenizer.with_pointnet(tokenizer_pointnet), False
+        model = cls(tokenizer, encoder, *args, cfg=cfg, **kwargs)
         model.copied_from_teacher = copied
         model.freeze_tokenizer(freeze_tokenizer)
         return model
 
+    @property
+    def tokenizer_is_teachers(self) -> bool:
+        """The tokenizer is the teacher's frozen copy (so the teacher's tokens are the student's)."""
+        return self.tokenizer_frozen and self.tokenizer.pointnet_spec is None
+
     def rebuild_meta(self) -> dict:
         """Tokenizer geometry, constructor arguments and (baselines) the method's name."""
         tok = self.tokenizer
-        return {"tokenizer": {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
-                              "in_channels": tok.in_channels},
-                "student": dict(self.init_kwargs), "baseline": getattr(self, "kind", None)}
+        geometry = {"dim": tok.dim, "num_groups": tok.num_groups, "group_size": tok.group_size,
+                    "in_channels": tok.in_channels}
+        if tok.pointnet_spec is not None:         # a student tokenizer of its own (absent: the teacher's)
+            geometry["pointnet"] = tok.pointnet_spec
+        return {"tokenizer": geometry, "student": dict(self.init_kwargs), "baseline": getattr(self, "kind", None)}
 
     def freeze_tokenizer(self, frozen: bool = True):
         self.tokenizer_frozen = frozen

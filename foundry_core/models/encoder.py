@@ -1,6 +1,8 @@
 """Pre-norm transformer encoder (ViT blocks) with ViT-S / ViT-T presets and all hidden states."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +65,71 @@ class Block(nn.Module):
 @dataclass
 class EncoderOutput:
     last: torch.Tensor           # (B, T, D) final LayerNorm'd output
-    hidden: list[torch.Tensor]   # depth x (B, T, D) raw output of every block
+    hidden: Sequence[torch.Tensor]   # depth x (B, T, D) raw output of every block
+
+
+class DeferredLast(EncoderOutput):
+    """An EncoderOutput whose `last` is computed by `last_fn` on first access (and kept): a student's
+    CAU, which a head reading only hidden states (segmentation) never pays for. It runs under the
+    grad / inference / autocast modes of its creation, wherever it is first read."""
+
+    def __init__(self, last_fn: Callable[[], torch.Tensor], hidden: Sequence[torch.Tensor]):
+        self.last_fn, self.hidden, self.computed = last_fn, hidden, None
+        self.modes = capture_modes()
+
+    @property
+    def last(self) -> torch.Tensor:
+        if self.computed is None:
+            if torch.compiler.is_exporting():            # traced in place (modes are the tracer's)
+                self.computed = self.last_fn()
+            else:
+                with replay_modes(self.modes):
+                    self.computed = self.last_fn()
+        return self.computed
+
+
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def capture_modes() -> dict:
+    """The autograd / inference-mode / autocast state now (replay_modes restores it)."""
+    amp = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in AUTOCAST_DEVICES
+           if d == "cpu" or torch.cuda.is_available()}
+    return {"grad": torch.is_grad_enabled(), "inference": torch.is_inference_mode_enabled(), "autocast": amp}
+
+
+@contextlib.contextmanager
+def replay_modes(modes: dict):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(modes["inference"]))
+        stack.enter_context(torch.set_grad_enabled(modes["grad"]))
+        for device, (enabled, dtype) in modes["autocast"].items():
+            if (enabled, dtype) != (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)):
+                stack.enter_context(torch.autocast(device, dtype=dtype, enabled=enabled))
+        yield
+
+
+class MappedLayers(Sequence):
+    """hidden states fn(h) of every layer h of `source`, each computed on first access (and kept):
+    a head that reads 3 of 12 layers pays for 3 (students map SuperToken states back to the c token
+    slots this way)."""
+
+    def __init__(self, source: Sequence[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.source, self.fn = source, fn
+        self.done: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        j = i + len(self) if i < 0 else i
+        if not 0 <= j < len(self):
+            raise IndexError(f"layer {i} of {len(self)}")
+        if j not in self.done:
+            self.done[j] = self.fn(self.source[j])
+        return self.done[j]
 
 
 def key_padding_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

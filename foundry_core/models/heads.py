@@ -33,8 +33,14 @@ def interpolation_weights(centers: torch.Tensor, points: torch.Tensor, k: int = 
     """
     if idx is None:
         idx = knn(centers, points, min(k, centers.shape[1]))        # (B, N, k)
-    w = 1.0 / ((points.unsqueeze(2) - _gather_rows(centers, idx)) ** 2).sum(-1).clamp_min(1e-10)
-    return idx, w / w.sum(-1, keepdim=True)
+    return idx, inverse_distance_weights(((points.unsqueeze(2) - _gather_rows(centers, idx)) ** 2).sum(-1))
+
+
+def inverse_distance_weights(sq_dist: torch.Tensor) -> torch.Tensor:
+    """Squared distances (..., k) of a point to its k nearest centers -> interpolation weights
+    (..., k) proportional to 1 / d^2 (d^2 clamped at 1e-10), summing to 1."""
+    w = 1.0 / sq_dist.clamp_min(1e-10)
+    return w / w.sum(-1, keepdim=True)
 
 
 def interpolate(feats: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -119,18 +125,34 @@ class SegmentationHead(nn.Module):
             if category is None:
                 raise ValueError("part segmentation head needs the object category")
             glob = torch.cat([glob, self.category(category)], dim=-1)
+        xyz, centers = points[..., :3], out.tokens.centers
+        folded = None if self.training else self.folded_mlp()
+        if folded is not None:
+            return self._forward_folded(folded, feats, glob, centers, xyz, nn_idx)
         # first 1x1 conv on [per_point, glob] applied as W_p p + (W_g g + b), with W_p on the tokens
         # before the (linear) interpolation and the global term once per cloud: same function
         conv0, d, g = self.mlp[0], feats.shape[-1], self.geometry_dim
         w = conv0.weight[:, :, 0]
-        xyz, centers = points[..., :3], out.tokens.centers
-        tok_h = nn.functional.linear(feats, w[:, :d])                                        # (B, c, H0)
+        # the global term joins the c token rows before the interpolation (its weights sum to 1): no per-point add
+        tok_h = nn.functional.linear(feats, w[:, :d]) + \
+            nn.functional.linear(glob, w[:, d:w.shape[1] - g], conv0.bias).unsqueeze(1)     # (B, c, H0)
         idx, weights = interpolation_weights(centers, xyz, 3, nn_idx)
         h = interpolate(tok_h, idx, weights)                                                 # (B, N, H0)
-        h = h + nn.functional.linear(glob, w[:, d:w.shape[1] - g], conv0.bias).unsqueeze(1)
         if g:
             h = h + nn.functional.linear(nearest_offsets(centers, xyz, idx), w[:, w.shape[1] - g:])
         return self.mlp[1:](h.transpose(1, 2)).transpose(1, 2)      # (B, N, K)
+
+    def _forward_folded(self, folded: "FoldedPointMLP", feats: torch.Tensor, glob: torch.Tensor, centers: torch.Tensor,
+                        xyz: torch.Tensor, nn_idx: torch.Tensor | None) -> torch.Tensor:
+        """Eval mode (and exported graphs): the same function with the BatchNorms folded and the MLP
+        on the channel-last layout (no (B, H, N) transposes): (B, c, D), (B, G), (B, c, 3), (B, N, 3)
+        -> (B, N, K). The first layer and its global term run on the c token rows."""
+        table = folded.project_tokens(feats) + folded.global_bias(glob).unsqueeze(1)        # (B, c, H0)
+        idx, weights = interpolation_weights(centers, xyz, 3, nn_idx)
+        h = interpolate(table, idx, weights)                                                # (B, N, H0)
+        if self.geometry_dim:
+            h = h + folded.geometry(nearest_offsets(centers, xyz, idx))
+        return folded.apply(h)
 
 
 class FoldedPointMLP:
@@ -171,7 +193,7 @@ class FoldedPointMLP:
                    geometry_dim)
 
     def global_bias(self, glob: torch.Tensor) -> torch.Tensor:
-        """glob (G,) -> first-layer bias (H,) including the global feature's contribution."""
+        """glob (G,) or (B, G) -> first-layer bias (H,) or (B, H) including the global feature's contribution."""
         w0, b0, _ = self.layers[0]
         return b0 + glob.to(w0.dtype) @ w0[self.point_dim:w0.shape[0] - self.geometry_dim]
 
@@ -181,14 +203,26 @@ class FoldedPointMLP:
         return offsets.to(w0.dtype) @ w0[w0.shape[0] - self.geometry_dim:]
 
     def project_tokens(self, feats: torch.Tensor) -> torch.Tensor:
-        """The first layer's per-point weights applied to token features: (c, D) -> (c, H0); the
-        interpolation of these to points equals the first layer on interpolated features."""
+        """The first layer's per-point weights applied to token features: (..., c, D) -> (..., c, H0);
+        the interpolation of these to points equals the first layer on interpolated features."""
         w0 = self.layers[0][0]
         return feats.to(w0.dtype) @ w0[:self.point_dim]
 
-    def __call__(self, first: torch.Tensor, bias0: torch.Tensor) -> torch.Tensor:
-        """first (m, H0): interpolated project_tokens output; bias0 from global_bias -> logits (m, K)."""
-        x = first + bias0
+    def apply(self, first: torch.Tensor) -> torch.Tensor:
+        """Like __call__ with the first layer's bias already in `first`, for any leading shape:
+        (..., H0) -> (..., K) (matmul instead of addmm; what exported graphs run)."""
+        x = first.relu() if self.layers[0][2] else first
+        for w, b, relu in self.layers[1:]:
+            x = torch.matmul(x, w) + b
+            if relu:
+                x = x.relu()
+        return x
+
+    def __call__(self, first: torch.Tensor, bias0: torch.Tensor | None = None) -> torch.Tensor:
+        """first (m, H0): interpolated project_tokens output; bias0 from global_bias -> logits (m, K).
+        bias0 None: `first` already holds it (it was added to the token table before the
+        interpolation, whose weights sum to 1: the same function without a per-point add)."""
+        x = first if bias0 is None else first + bias0
         relu = self.layers[0][2]
         if relu:
             x = torch.relu_(x)

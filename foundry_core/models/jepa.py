@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,8 @@ from torch import nn
 from ..configs import JEPAConfig
 from .backbone import PointBackbone
 from .encoder import Block
-from .sampling import gather_points
+from .sampling import farthest_point_sample, gather_points, knn
+from .tokenizer import sanitize_points
 
 
 def sequence_centers(centers: torch.Tensor) -> torch.Tensor:
@@ -66,6 +68,102 @@ def sample_blocks(c: int, batch: int, cfg: JEPAConfig, generator: torch.Generato
     return targets, context
 
 
+def gather_groups(groups: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """groups (B, c, k, C), idx (B, L) -> (B, L, k, C)."""
+    b, c, k, ch = groups.shape
+    return gather_points(groups.reshape(b, c, k * ch), idx).reshape(b, idx.shape[1], k, ch)
+
+
+@dataclass
+class MaskedView:
+    """One batch grouped once, ordered by the sequencer, masked into blocks and its context encoded.
+
+    groups (B, c, k, C) and centers (B, c, 3) are in the tokenizer's (FPS) order; order (B, c) is the
+    sequence; centers_seq (B, c, 3), targets (B, M, L_t) and context (B, L_c) are in sequence order;
+    ctx (B, L_c, D) is the online encoder's output on the context tokens.
+    """
+
+    groups: torch.Tensor
+    centers: torch.Tensor
+    order: torch.Tensor
+    centers_seq: torch.Tensor
+    targets: torch.Tensor
+    context: torch.Tensor
+    ctx: torch.Tensor
+    cfg: JEPAConfig
+    training: bool
+
+    @property
+    def batch(self) -> int:
+        return self.centers.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.centers.shape[1]
+
+    def predictor_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context centers (B, L_c, 3), target centers (B, M, L_t, 3)) as the predictor sees them
+        (cfg.predictor_pos, cfg.target_pos_noise)."""
+        b, m, lt = self.targets.shape
+        ctx_c = gather_points(self.centers_seq, self.context)                            # (B, Lc, 3)
+        tgt_c = gather_points(self.centers_seq, self.targets.reshape(b, -1)).reshape(b, m, lt, 3)
+        if self.cfg.target_pos_noise > 0 and self.training:
+            tgt_c = tgt_c + self.cfg.target_pos_noise * torch.randn_like(tgt_c)
+        if self.cfg.predictor_pos == "context_relative":
+            shift = ctx_c.mean(dim=1, keepdim=True)                                     # (B, 1, 3)
+            ctx_c, tgt_c = ctx_c - shift, tgt_c - shift.unsqueeze(1)
+        return ctx_c, tgt_c
+
+    def predictor_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(context (B*M, L_c, D), context centers (B*M, L_c, 3), target centers (B*M, L_t, 3)): one
+        predictor sequence per target block."""
+        b, m, lt = self.targets.shape
+        ctx_c, tgt_c = self.predictor_positions()
+        rep = lambda x: x.repeat_interleave(m, dim=0)                                   # noqa: E731
+        return rep(self.ctx), rep(ctx_c), tgt_c.reshape(b * m, lt, 3)
+
+    def predict(self, predictor: "JEPAPredictor") -> torch.Tensor:
+        """Predicted target tokens (B*M, L_t, D), block-major within each cloud: one sequence per block,
+        or with cfg.predictor_batched one sequence per cloud (JEPAPredictor.forward_blocks)."""
+        if not self.cfg.predictor_batched:
+            return predictor(*self.predictor_inputs())
+        b, m, lt = self.targets.shape
+        pred = predictor.forward_blocks(self.ctx, *self.predictor_positions())           # (B, M, Lt, D)
+        return pred.reshape(b * m, lt, -1)
+
+
+def masked_view(backbone: PointBackbone, points: torch.Tensor, cfg: JEPAConfig) -> MaskedView:
+    """Group (FPS + kNN, once; cfg.native_grouping: the native CPU kernels), sequence, sample blocks, and
+    encode the context with the online backbone.
+
+    With cfg.context_tokens_only the online mini-PointNet and positional embedding run on the context
+    groups only (the only ones the online branch uses); otherwise on every group, as the tokenizer does.
+    """
+    tokz = backbone.tokenizer
+    if points.dim() != 3 or points.shape[-1] != tokz.in_channels:
+        raise ValueError(f"pre-training expects points (B, N, {tokz.in_channels}), got {tuple(points.shape)}")
+    points, _ = sanitize_points(points)
+    if cfg.native_grouping and points.device.type == "cpu":
+        xyz = points[..., :3].contiguous()
+        centers = gather_points(xyz, farthest_point_sample(xyz, tokz.num_groups, method="fpsample_exact"))
+        group_idx = knn(xyz, centers, tokz.group_size, method="kdtree")
+    else:
+        centers, _, group_idx = tokz.group(points)
+    groups = tokz.relative_groups(points, centers, group_idx)
+    order = sequence_centers(centers)
+    centers_seq = gather_points(centers, order)
+    b, c = centers.shape[:2]
+    targets, context = (t.to(points.device) for t in sample_blocks(c, b, cfg))
+    if cfg.context_tokens_only:
+        src = torch.gather(order, 1, context)                                          # context -> tokenizer order
+        tokens, pos = tokz.embed(gather_groups(groups, src), gather_points(centers, src))
+    else:
+        tokens, pos = tokz.embed(groups, centers)
+        tokens, pos = (gather_points(gather_points(t, order), context) for t in (tokens, pos))
+    ctx = backbone.encoder(tokens, pos).last
+    return MaskedView(groups, centers, order, centers_seq, targets, context, ctx, cfg, backbone.training)
+
+
 class JEPAPredictor(nn.Module):
     """Narrow transformer that predicts target-token embeddings from context embeddings.
 
@@ -89,6 +187,24 @@ class JEPAPredictor(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.out(self.norm(x[:, context.shape[1]:]))
+
+    def forward_blocks(self, context: torch.Tensor, context_pos: torch.Tensor, target_pos: torch.Tensor
+                       ) -> torch.Tensor:
+        """All M target blocks in one sequence: context (B, Lc, D), context_pos (B, Lc, 3), target_pos
+        (B, M, Lt, 3) -> (B, M, Lt, D). Context tokens attend to the context only, each block's mask
+        tokens to the context and their own block, so blocks never see each other (M x fewer context
+        tokens than forward, which also lets the context attend to one block's mask tokens)."""
+        b, m, lt, _ = target_pos.shape
+        lc = context.shape[1]
+        x = self.embed(context) + self.pos(context_pos)
+        q = self.mask_token + self.pos(target_pos.reshape(b, m * lt, 3))
+        x = torch.cat([x, q], dim=1)
+        block = torch.cat([torch.full((lc,), -1, device=x.device),
+                           torch.arange(m, device=x.device).repeat_interleave(lt)])     # (T,) -1 = context
+        allowed = (block[None, :] == -1) | (block[:, None] == block[None, :])            # (T, T) query x key
+        for blk in self.blocks:
+            x = blk(x, allowed[None, None])
+        return self.out(self.norm(x[:, lc:])).reshape(b, m, lt, -1)
 
 
 def ema_momentum(step: int, total: int, start: float, end: float) -> float:
@@ -121,29 +237,17 @@ class PointJEPA(nn.Module):
         self.predictor = JEPAPredictor(backbone.dim, cfg.predictor_dim, cfg.predictor_depth, cfg.predictor_heads)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        tok = self.backbone.tokenizer(points)
-        order = sequence_centers(tok.centers)
-        tokens, pos, centers = (gather_points(t, order) for t in (tok.tokens, tok.pos, tok.centers))
-        b, c, d = tokens.shape
-        targets_idx, context_idx = sample_blocks(c, b, self.cfg)
-        targets_idx, context_idx = targets_idx.to(points.device), context_idx.to(points.device)
-
+        view = masked_view(self.backbone, points, self.cfg)
+        b, d = view.batch, self.backbone.dim
         with torch.no_grad():  # target branch: same groups, EMA weights, full token set
             self.target.eval()
-            t_tokens = self.target.tokenizer.encoder(tok.groups)
-            t_tokens = gather_points(t_tokens, order)
-            t_pos = self.target.tokenizer.pos_embed(centers)
+            t_tokens = gather_points(self.target.tokenizer.encoder(view.groups), view.order)
+            t_pos = self.target.tokenizer.pos_embed(view.centers_seq)
             y = self.target.encoder(t_tokens, t_pos).hidden[-1]
-            y = F.layer_norm(y, (d,))
-
-        ctx = self.backbone.encoder(gather_points(tokens, context_idx), gather_points(pos, context_idx)).last
-        m = targets_idx.shape[1]
-        flat_t = targets_idx.reshape(b * m, -1)                       # (B*M, Lt)
-        rep = lambda x: x.repeat_interleave(m, dim=0)                 # noqa: E731
-        pred = self.predictor(rep(ctx), rep(gather_points(centers, context_idx)),
-                              gather_points(rep(centers), flat_t))
-        target = gather_points(rep(y), flat_t)
-        return F.smooth_l1_loss(pred, target, beta=self.cfg.loss_beta)
+            y = F.layer_norm(y.float(), (d,))
+        pred = view.predict(self.predictor)
+        target = gather_points(y, view.targets.reshape(b, -1)).reshape(pred.shape)
+        return F.smooth_l1_loss(pred.float(), target, beta=self.cfg.loss_beta)
 
     def update_target(self, step: int, total: int) -> float:
         m = ema_momentum(step, total, *self.cfg.ema)

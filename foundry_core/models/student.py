@@ -15,7 +15,8 @@ at least one token was merged into it, so (non-empty SuperTokens) + (unmerged to
 
 Output. StudentOutput mirrors BackboneOutput: `.tokens` (tokenizer output), `.encoded.last` = Y_hat
 and `.encoded.hidden` = every encoder layer's states mapped back to the c token slots (SuperToken
-states broadcast by the CAM, bypass tokens' own states), so heads work unchanged.
+states broadcast by the CAM, bypass tokens' own states; each layer mapped when a head first reads
+it; Y_hat, i.e. the CAU, computed when `.last` is first read), so heads work unchanged.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ..configs import ModelConfig
 from .cau import CAU
 from .dso import DSO
 from .distillable import FreezableBackbone
-from .encoder import EncoderOutput, TransformerEncoder
+from .encoder import DeferredLast, EncoderOutput, MappedLayers, TransformerEncoder
 from .gate import TokenGate, forced_merges, forced_merges_tensor
 from .tokenizer import PointTokenizer, Tokens
 
@@ -112,14 +113,14 @@ class FoundryStudent(FreezableBackbone):
         d = self.dso(t, p)
         keep = d.counts > 0                                         # empty SuperTokens are padding
         enc = self.encoder(d.supertokens, d.pos, keep)
-        hidden = [torch.matmul(d.cam, h) for h in enc.hidden]
+        hidden = MappedLayers(enc.hidden, lambda h: torch.matmul(d.cam, h))     # only the layers a head reads
         sup_out = enc.last * keep.unsqueeze(-1).to(enc.last.dtype)  # empty SuperTokens -> 0
-        y = self.cau(t, d.cam, sup_out)
+        encoded = DeferredLast(lambda: self.cau(t, d.cam, sup_out), hidden)   # CAU when .last is read
         merged = torch.ones_like(d.assignment, dtype=torch.bool)
-        return StudentOutput(tokens=tok, encoded=EncoderOutput(last=y, hidden=hidden), cam=d.cam,
+        return StudentOutput(tokens=tok, encoded=encoded, cam=d.cam,
                              segments=d.assignment, merged=merged, tokens_in_encoder=keep.sum(1),
                              encoder_keep=keep, supertokens_out=sup_out, counts=d.counts,
-                             gate_probs=None, gate_loss=y.new_zeros(()))
+                             gate_probs=None, gate_loss=sup_out.new_zeros(()))
 
     def _forward_gated(self, tok: Tokens, t: torch.Tensor, p: torch.Tensor, budget: int | None,
                        fusion_threshold: float | None) -> StudentOutput:
@@ -168,15 +169,17 @@ class FoundryStudent(FreezableBackbone):
             return full[:, :s], full[:, s:]                        # SuperTokens (B, s, D), tokens (B, c, D)
 
         bypass = (~merge).unsqueeze(-1)
-        hidden = []
-        for h in enc.hidden:
+
+        def to_slots(h: torch.Tensor) -> torch.Tensor:
             sup_h, tok_h = scatter_back(h)
-            hidden.append(torch.where(bypass, tok_h, torch.matmul(d.cam, sup_h)))
+            return torch.where(bypass, tok_h, torch.matmul(d.cam, sup_h))
+
+        hidden = MappedLayers(enc.hidden, to_slots)                  # only the layers a head reads
         sup_out, tok_out = scatter_back(enc.last)
-        y = self.cau(t, d.cam, sup_out, bypass_out=tok_out, bypass_mask=~merge)
+        encoded = DeferredLast(lambda: self.cau(t, d.cam, sup_out, bypass_out=tok_out, bypass_mask=~merge), hidden)
         bypass_rank = torch.cumsum((~merge).long(), dim=1) - 1
         segments = torch.where(merge, d.assignment, s + bypass_rank)
-        return StudentOutput(tokens=tok, encoded=EncoderOutput(last=y, hidden=hidden), cam=d.cam,
+        return StudentOutput(tokens=tok, encoded=encoded, cam=d.cam,
                              segments=segments, merged=merge, tokens_in_encoder=keep.sum(1),
                              encoder_keep=keep, supertokens_out=sup_out, counts=d.counts,
                              gate_probs=g.probs, gate_loss=g.loss)

@@ -9,15 +9,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# graph optimisation levels (foundry bench measures them; "all" is the default)
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "all": "ORT_ENABLE_ALL"}
+
+
 class OnnxRunner:
     """feeds {name: array} -> {output name: array} with one onnxruntime InferenceSession.
 
     providers: onnxruntime execution providers in order of preference; the session is created
     with those of them this onnxruntime build offers (a requested CUDA/TensorRT provider that is
-    missing raises, so the backend ladder can report why the rung was skipped).
+    missing raises, so the backend ladder can report why the rung was skipped). threads: intra-op
+    threads (0: onnxruntime's default); optimization: graph optimisation level (OPTIMIZATION_LEVELS).
     """
 
-    def __init__(self, onnx_path: str | Path, providers: list[str], threads: int = 0):
+    def __init__(self, onnx_path: str | Path, providers: list[str], threads: int = 0, optimization: str = "all"):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -26,7 +32,10 @@ class OnnxRunner:
             raise RuntimeError(f"onnxruntime {ort.__version__} has no {', '.join(missing)} "
                                f"(available: {', '.join(available)})")
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise ValueError(f"onnxruntime graph optimization must be one of {list(OPTIMIZATION_LEVELS)}, "
+                             f"got {optimization!r}")
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
         opts.log_severity_level = 3
         if threads > 0:
             opts.intra_op_num_threads = threads

@@ -45,11 +45,19 @@ def point_tokens(group_idx: np.ndarray, xyz: np.ndarray, centers: np.ndarray, ne
 def nearest_rows(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
     """(Q, k) int64 indices of the k nearest reference rows of every query (pykdtree, xyz only,
     nearest first; k is capped at the reference count)."""
+    return nearest_rows_with_distances(reference, queries, k)[1]
+
+
+def nearest_rows_with_distances(reference: np.ndarray, queries: np.ndarray, k: int = 1
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """nearest_rows and the Euclidean distances the kd-tree found with them: (dist (Q, k) float32,
+    idx (Q, k) int64), so callers that need both never recompute them."""
     from pykdtree.kdtree import KDTree
     k = min(k, reference.shape[0])
-    _, idx = KDTree(np.ascontiguousarray(reference[:, :3], dtype=np.float32)).query(
+    dist, idx = KDTree(np.ascontiguousarray(reference[:, :3], dtype=np.float32)).query(
         np.ascontiguousarray(queries[:, :3], dtype=np.float32), k=k)
-    return idx.reshape(queries.shape[0], k).astype(np.int64)
+    q = queries.shape[0]
+    return dist.reshape(q, k).astype(np.float32, copy=False), idx.reshape(q, k).astype(np.int64)
 
 
 def postprocess(cloud: np.ndarray, pre: Preprocessed, net: NetworkOutput

@@ -80,6 +80,8 @@ class PredictorConfig:
     onnx_path: str = ""                             # exported graph; empty: export to the cache on first use
     cache_dir: str = ""                             # ONNX / engine cache; empty: $FOUNDRY_CACHE_DIR or ~/.cache/foundry
     threads: int = 0                                # onnxruntime intra-op threads (0 = its default)
+    embeddings: bool = True                         # torch backends: False returns no token embeddings (0 rows),
+                                                    # so a student's CAU never runs for a segmentation head
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
@@ -164,7 +166,7 @@ class Predictor:
         self.pre_cfg = self._preprocess_config(cfg, meta)
         self.operating_points: list[OperatingPoint] = operating_points_of(meta, self.pre_cfg, self.backbone)
         self._budget_warned = False
-        self.torch_runner = TorchRunner(self.model, self.device, cfg.head_chunk, cfg.fold_head)
+        self.torch_runner = TorchRunner(self.model, self.device, cfg.head_chunk, cfg.fold_head, cfg.embeddings)
         self.backend_choice = self._select_backend()
         self.backend, graph = self.backend_choice.name, self.backend_choice.runner
         self.runner = self.torch_runner

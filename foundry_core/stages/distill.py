@@ -1,7 +1,10 @@
 """Stage `distill`: Foundation Model Distillation (FMD) of a frozen teacher into a Foundry student.
 
 The student reconstructs the teacher's output tokens Y from the same augmented input and the same
-token groups: loss = SmoothL1(Y_hat, Y) (or MSE) - lambda * sum(pi) with the gate.
+token groups: loss = SmoothL1(Y_hat, Y) (or MSE) - lambda * sum(pi) with the gate. A student
+tokenizer of its own (student.tokenizer.kind: compact) also learns the teacher tokenizer's tokens on
+the same groups: + w * SmoothL1(T_student, T_teacher) (w = student.tokenizer.token_loss_weight), after
+student.tokenizer.init_epochs epochs of distilling the tokenizer alone (train/tokenizer_distill.py).
 
 loss: kl makes the specialist of the paper's Table 2 instead: the teacher is a fine-tuned task model
 (backbone + head), the student gets a trainable copy of its head, and the loss is
@@ -12,6 +15,7 @@ for transfer to other tasks) and the specialist task model (model.safetensors).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +39,11 @@ class Distiller(nn.Module):
     trained on the head's logits through its own trainable copy of the head."""
 
     def __init__(self, teacher: PointBackbone, student: Backbone, loss: str = "smooth_l1",
-                 teacher_head: nn.Module | None = None, temperature: float = 4.0):
+                 teacher_head: nn.Module | None = None, temperature: float = 4.0, token_loss_weight: float = 0.0):
         super().__init__()
         self.teacher, self.student, self.loss = teacher, student, loss
+        # a student tokenizer of its own also learns the teacher's tokens (token-level loss)
+        self.token_loss_weight = float(token_loss_weight) if student.tokenizer.pointnet_spec is not None else 0.0
         self.teacher.requires_grad_(False)
         self.teacher_head = teacher_head
         self.student_head = None
@@ -57,12 +63,14 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_output(self, tok) -> BackboneOutput:
-        """Teacher output on the student's groups (teacher tokenizer weights); .last = Y (B, c, D).
-        A frozen student tokenizer is an exact copy of the teacher's: its tokens are reused."""
-        if getattr(self.student, "tokenizer_frozen", False):
+        """Teacher output on the student's groups (teacher tokenizer weights); .last = Y (B, c, D) and
+        .tokens.tokens = the teacher tokenizer's tokens. A frozen copy of the teacher's tokenizer
+        gives the teacher's tokens: they are reused."""
+        if getattr(self.student, "tokenizer_is_teachers", False):
             return self.teacher.encode(tok)
         t = self.teacher.tokenizer.encoder(tok.groups)
-        return BackboneOutput(tokens=tok, encoded=self.teacher.encoder(t, self.teacher.tokenizer.pos_embed(tok.centers)))
+        p = self.teacher.tokenizer.pos_embed(tok.centers)
+        return BackboneOutput(tokens=replace(tok, tokens=t, pos=p), encoded=self.teacher.encoder(t, p))
 
     def forward(self, points: torch.Tensor, category: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, StudentOutput]:
@@ -82,7 +90,11 @@ class Distiller(nn.Module):
             rec = F.mse_loss(out.last, y.last)
         else:
             rec = F.smooth_l1_loss(out.last, y.last)
-        return rec + out.gate_loss, rec, out
+        loss = rec + out.gate_loss
+        if self.token_loss_weight > 0:
+            self.last_token_loss = F.smooth_l1_loss(tok.tokens, y.tokens.tokens)
+            loss = loss + self.token_loss_weight * self.last_token_loss
+        return loss, rec, out
 
 
 class DistillTask:
@@ -94,6 +106,9 @@ class DistillTask:
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         loss, rec, out = net(batch["points"], batch.get("category"))
         metrics = {"distill_loss": rec.item(), "tokens_in_encoder": out.tokens_in_encoder.float().mean().item()}
+        distiller = getattr(net, "module", net)
+        if distiller.token_loss_weight > 0:
+            metrics["token_loss"] = distiller.last_token_loss.item()
         if out.gate_probs is not None:
             metrics["gate_merge_frac"] = out.merged.float().mean().item()
         return loss, metrics
@@ -140,8 +155,13 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
         teacher = load_backbone(cfg.teacher)
     if teacher.backbone_kind != "teacher":
         raise ValueError(f"{cfg.teacher} is a distilled student; distill from a teacher backbone")
-    model = Distiller(teacher, student_for(cfg.student, teacher, train_set), cfg.loss, teacher_head,
-                      cfg.temperature)
+    student = student_for(cfg.student, teacher, train_set)
+    tcfg = cfg.student.tokenizer
+    if tcfg.kind != "teacher" and tcfg.init_epochs > 0 and not (resume and (out / Trainer.CKPT).exists()):
+        from ..train.tokenizer_distill import distill_tokenizer
+        distill_tokenizer(student.tokenizer, teacher.tokenizer, eval_view(train_set), tcfg.init_epochs,
+                          tcfg.init_lr, cfg.optim.batch_size, cfg.run.seed, log_path=out / "tokenizer_init.json")
+    model = Distiller(teacher, student, cfg.loss, teacher_head, cfg.temperature, tcfg.token_loss_weight)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
     history = trainer.fit(resume=resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..typed_yaml import to_dict
 from ..configs import PretrainConfig
@@ -12,6 +13,7 @@ from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
 from ..models.io import save_backbone
 from ..models.jepa import PointJEPA
+from ..models.mae import PointMAE
 from ..train.probe import linear_probe
 from ..train.trainer import Trainer
 from .common import decay_groups, eval_view, prepare_run_dir
@@ -25,7 +27,13 @@ class PretrainTask:
         self.momentum = cfg.jepa.ema[0]
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return net(batch["points"]), {}
+        points = batch["points"]
+        bf16 = self.cfg.jepa.cpu_bf16 and points.device.type == "cpu"
+        if not bf16:
+            return net(points), {}
+        # bf16 on CPU: the math attention kernel (AMX matmuls); the flash kernel's bf16 backward is slow
+        with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.MATH]):
+            return net(points).float(), {}
 
     def after_step(self, model: PointJEPA, step: int, total_steps: int) -> None:
         self.momentum = model.update_target(step, total_steps)
@@ -54,13 +62,19 @@ class PretrainTask:
         return decay_groups(model)
 
 
+def build_pretrain_model(cfg: PretrainConfig) -> PointJEPA | PointMAE:
+    """The pre-training model of cfg.jepa.objective around a fresh PointBackbone(cfg.model)."""
+    cls = PointMAE if cfg.jepa.objective == "mae" else PointJEPA
+    return cls(PointBackbone(cfg.model), cfg.jepa)
+
+
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     """Pre-train, then export the EMA target (or online, per jepa.export) backbone to
     <out_dir>/backbone.safetensors."""
     out = prepare_run_dir(cfg.run.out_dir, cfg)
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
-    model = PointJEPA(PointBackbone(cfg.model), cfg.jepa)
+    model = build_pretrain_model(cfg)
     task = PretrainTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="pretrain", config=to_dict(cfg))
     history = trainer.fit(resume=resume)

@@ -20,15 +20,17 @@ HEAD = {"seg_layers": [1, 2], "category_embedding": True, "head_dropout": 0.5}
 
 
 def export_task_model(path, kind: str = "student", in_channels: int = 3, task: str = "sceneseg",
-                      operating_points: list | None = None) -> str:
+                      operating_points: list | None = None, tokenizer_pointnet: dict | None = None,
+                      gate: bool = True) -> str:
     """A tiny task model (kind student = gated Foundry student, teacher, random baseline) saved as
     path/model.safetensors; the head's weights are scaled so labels vary with position.
-    operating_points: OperatingPoints (or their dicts) stored in the metadata, as fine-tuning does."""
+    operating_points: OperatingPoints (or their dicts) stored in the metadata, as fine-tuning does.
+    tokenizer_pointnet: the student's own tokenizer (e.g. {"kind": "compact", ...}); gate: gated student."""
     torch.manual_seed(0)
     teacher = PointBackbone(ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8,
                                         in_channels=in_channels))
     if kind == "student":
-        backbone = FoundryStudent.from_teacher(teacher, 4, gate=True)
+        backbone = FoundryStudent.from_teacher(teacher, 4, gate=gate, tokenizer_pointnet=tokenizer_pointnet)
     elif kind == "random":
         from foundry_core.models.baselines import RandomTokenSampling
         backbone = RandomTokenSampling.from_teacher(teacher, 6)

@@ -1,0 +1,101 @@
+"""Accuracy price of the student tokenizer (issue 13): Foundry s = 16 distilled with the teacher's
+tokenizer (a frozen copy) and with a student tokenizer of its own (student.tokenizer.kind: compact,
+tokenizer-only initialisation + the token-level loss), everything else equal, scored on the three
+tasks of config/distill_tables_infomr.yaml with the same frozen-backbone probes as distill.json.
+
+    .venv/bin/python scripts/trial_student_tokenizer.py [--seeds 0] [--init-epochs 2]
+        -> docs/results/distill_trials/student_tokenizer.json
+
+The teacher run of the config is reused when complete (else pre-trained first, ~25 min on 2 cores).
+Finished distillations are reloaded, so an interrupted trial resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+from foundry_core.configs import StudentTokenizerConfig
+from foundry_core.models.io import load_backbone
+from foundry_core.stages.distill import run_distill
+from foundry_core.stages.distill_tables import DistillTables, DistillTablesConfig, tokenize_task
+from foundry_core.typed_yaml import load_config, to_dict
+
+TARGET_POINTS = 1.0      # the issue's price: at most 1 point on each task
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="config/distill_tables_infomr.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--supertokens", type=int, default=16)
+    ap.add_argument("--widths", type=int, nargs=3, default=[64, 128, 256])
+    ap.add_argument("--init-epochs", type=int, default=2)
+    ap.add_argument("--token-loss-weight", type=float, default=1.0)
+    ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
+    ap.add_argument("--output", default="docs/results/distill_trials/student_tokenizer.json")
+    args = ap.parse_args()
+    cfg = load_config(DistillTablesConfig, args.config)
+    tables = DistillTables(cfg)
+    out_dir = Path(args.out_dir)
+    t0 = time.time()
+    teacher_path = tables.teacher_path()
+    teacher = load_backbone(teacher_path).eval()
+    tok_cfg = StudentTokenizerConfig(kind="compact", widths=list(args.widths), init_epochs=args.init_epochs,
+                                     token_loss_weight=args.token_loss_weight)
+    variants = {"teacher_tokenizer": StudentTokenizerConfig(), "student_tokenizer": tok_cfg}
+    result: dict = {"config": args.config, "teacher": teacher_path, "supertokens": args.supertokens,
+                    "student_tokenizer": to_dict(tok_cfg), "seeds": args.seeds, "scores": {}, "price_points": {},
+                    "distill": {"data": to_dict(cfg.distill.data), "optim": to_dict(cfg.distill.optim),
+                                "student": to_dict(cfg.distill.student)}}
+    for seed in args.seeds:
+        paths = {}
+        for name, tcfg in variants.items():
+            dcfg = copy.deepcopy(cfg.distill)
+            dcfg.teacher, dcfg.run.seed = teacher_path, seed
+            dcfg.run.out_dir = str(out_dir / f"{name}_s{args.supertokens}_seed{seed}")
+            dcfg.student.supertokens, dcfg.student.tokenizer = args.supertokens, tcfg
+            path = Path(dcfg.run.out_dir) / "student.safetensors"
+            if not path.is_file():
+                print(f"[trial] seed {seed}: distilling {name}", flush=True)
+                run_distill(dcfg, resume=True)
+            paths[name] = path
+        caches = {t.name: tokenize_task(t, teacher.tokenizer, seed, cfg.batch_size) for t in cfg.tasks}
+        ref: dict = {"C": {}}
+        rows = {"teacher": tables.score(teacher, caches, ref, seed)}       # sets the probe C, as distill.json
+        for name, path in paths.items():
+            rows[name] = tables.score(load_backbone(path), caches, ref, seed)
+            rows[name]["val_distill_loss"] = last_metric(path, "val_distill_loss")
+            rows[name]["train_token_loss"] = last_metric(path, "train_token_loss")
+        for name, row in rows.items():
+            for task, score in row["scores"].items():
+                result["scores"].setdefault(name, {}).setdefault(task, []).append(score)
+            print(f"[trial] seed {seed}: {name:18s} " + "  ".join(f"{k} {v:.2f}" for k, v in row["scores"].items()),
+                  flush=True)
+        result.setdefault("per_seed", {})[seed] = rows
+    for task in result["scores"]["teacher"]:
+        tt, st = result["scores"]["teacher_tokenizer"][task], result["scores"]["student_tokenizer"][task]
+        result["price_points"][task] = sum(tt) / len(tt) - sum(st) / len(st)
+    result["within_target"] = {task: price <= TARGET_POINTS for task, price in result["price_points"].items()}
+    result["target"] = f"student tokenizer at most {TARGET_POINTS:g} point below the teacher-tokenizer student per task"
+    result["elapsed_s"] = time.time() - t0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"[trial] price (points, teacher tokenizer - student tokenizer): {result['price_points']} -> {out}",
+          flush=True)
+    return 0
+
+
+def last_metric(student_path: Path, key: str) -> float | None:
+    metrics = student_path.parent / "metrics.json"
+    if not metrics.is_file():
+        return None
+    vals = [h[key] for h in json.loads(metrics.read_text()) if key in h]
+    return float(vals[-1]) if vals else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Pre-training options of issue 14: the fast path (context-only tokenization, batched predictor, native
+grouping, CPU bf16), predictors that cannot read targets from absolute positions, and the Point-MAE control."""
+import dataclasses
+
+import pytest
+import torch
+
+from foundry_core.data.sources import make_datasets
+from foundry_core.models.backbone import PointBackbone
+from foundry_core.models.jepa import JEPAPredictor, PointJEPA, masked_view
+from foundry_core.models.mae import PointMAE, chamfer_l2
+from foundry_core.stages.common import eval_view
+from foundry_core.stages.pretrain import PretrainTask, build_pretrain_model, run_pretrain
+from foundry_core.checkpoint import load_checkpoint
+from foundry_core.train.trainer import Trainer
+
+from support.configs import tiny_jepa, tiny_model, tiny_pretrain
+
+FAST = dict(context_tokens_only=True, predictor_batched=True, native_grouping=True, cpu_bf16=True)
+
+
+def jepa(**kw) -> PointJEPA:
+    torch.manual_seed(0)
+    return PointJEPA(PointBackbone(tiny_model()), tiny_jepa(**kw))
+
+
+def loss_with_seed(model, points, seed=3):
+    torch.manual_seed(seed)
+    return model(points)
+
+
+def test_context_only_tokenization_computes_the_same_loss():
+    """With BatchNorm on running statistics the online mini-PointNet on the context groups alone is the
+    same function as on every group; in training mode it still gets gradients."""
+    points = torch.randn(3, 128, 3)
+    full, ctx_only = jepa(), jepa(context_tokens_only=True)
+    for m in (full, ctx_only):
+        m.backbone.eval()                       # BN on running statistics: no dependence on the group subset
+    torch.testing.assert_close(loss_with_seed(ctx_only, points), loss_with_seed(full, points))
+    ctx_only.train()
+    loss_with_seed(ctx_only, points).backward()
+    assert ctx_only.backbone.tokenizer.encoder.first.fc1.weight.grad.abs().sum() > 0
+    assert ctx_only.backbone.tokenizer.pos_embed.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_native_grouping_gives_the_same_groups_and_loss():
+    points = torch.randn(2, 256, 3)
+    torch.testing.assert_close(loss_with_seed(jepa(native_grouping=True), points), loss_with_seed(jepa(), points))
+
+
+def test_batched_predictor_shapes_isolates_blocks_and_trains():
+    pred = JEPAPredictor(dim=32, pdim=16, depth=2, heads=2)
+    ctx, ctx_pos, tgt_pos = torch.randn(2, 5, 32), torch.randn(2, 5, 3), torch.randn(2, 3, 4, 3)
+    out = pred.forward_blocks(ctx, ctx_pos, tgt_pos)
+    assert out.shape == (2, 3, 4, 32)
+    moved = tgt_pos.clone()
+    moved[:, 2] += 1.0                                        # move block 2 only
+    out2 = pred.forward_blocks(ctx, ctx_pos, moved)
+    torch.testing.assert_close(out2[:, :2], out[:, :2])       # blocks 0, 1 never see block 2
+    assert not torch.allclose(out2[:, 2], out[:, 2])
+    out.sum().backward()
+    assert pred.mask_token.grad.abs().sum() > 0 and pred.embed.weight.grad.abs().sum() > 0
+
+
+def test_context_relative_positions_ignore_a_shift_of_the_cloud():
+    model = jepa(predictor_pos="context_relative")
+    points = torch.randn(2, 128, 3)
+    torch.manual_seed(1)
+    view = masked_view(model.backbone, points, model.cfg)
+    ctx_c, tgt_c = view.predictor_positions()
+    shifted = dataclasses.replace(view, centers_seq=view.centers_seq + torch.tensor([3.0, -1.0, 2.0]))
+    for a, b in zip(shifted.predictor_positions(), (ctx_c, tgt_c)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ctx_c.mean(1), torch.zeros(2, 3), atol=1e-6, rtol=0)
+    absolute = dataclasses.replace(view, cfg=tiny_jepa())
+    assert not torch.allclose(absolute.predictor_positions()[1], tgt_c)
+
+
+def test_target_position_noise_only_while_training():
+    model = jepa(target_pos_noise=0.1)
+    torch.manual_seed(1)
+    view = masked_view(model.backbone, torch.randn(2, 128, 3), model.cfg)
+    exact = dataclasses.replace(view, training=False).predictor_positions()[1]
+    noisy = view.predictor_positions()[1]
+    assert view.training and 0.05 < (noisy - exact).std() < 0.2
+    clean = dataclasses.replace(view, cfg=tiny_jepa()).predictor_positions()[1]
+    torch.testing.assert_close(clean, exact)
+
+
+def test_bf16_step_returns_a_float32_loss_with_gradients():
+    cfg = tiny_pretrain("unused")
+    cfg.jepa = tiny_jepa(**FAST)
+    torch.manual_seed(0)
+    model = build_pretrain_model(cfg)
+    task = PretrainTask(cfg, None, None)
+    loss, _ = task.step(model, {"points": torch.randn(4, 128, 3)})
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in model.target.parameters())
+    assert model.backbone.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_chamfer_is_zero_on_a_permuted_copy_and_positive_otherwise():
+    a = torch.randn(5, 8, 3)
+    assert chamfer_l2(a[:, torch.randperm(8)], a).item() == pytest.approx(0.0, abs=1e-6)
+    assert chamfer_l2(a + 0.1, a).item() > 0
+
+
+def test_mae_shapes_gradients_and_no_ema_branch():
+    torch.manual_seed(0)
+    model = PointMAE(PointBackbone(tiny_model()), tiny_jepa())
+    assert model.target is model.backbone
+    assert not any(k.startswith("target.") for k in model.state_dict())
+    assert model.head.out_features == tiny_model().group_size * 3
+    loss = model(torch.randn(3, 128, 3))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.backbone.tokenizer.encoder.first.fc1.weight.grad.abs().sum() > 0
+    assert model.head.weight.grad.abs().sum() > 0 and model.predictor.mask_token.grad.abs().sum() > 0
+    assert model.update_target(1, 10) == 0.0
+
+
+@pytest.mark.parametrize("jepa_kw", [dict(objective="mae"), dict(FAST, predictor_pos="context_relative",
+                                                                   target_pos_noise=0.05)])
+def test_tiny_runs_lower_their_loss(tmp_path, jepa_kw):
+    cfg = tiny_pretrain(tmp_path, epochs=4)
+    cfg.jepa = dataclasses.replace(cfg.jepa, **jepa_kw)
+    res = run_pretrain(cfg)
+    losses = [h["train_loss"] for h in res["history"]]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "backbone.safetensors").exists()
+
+
+def make_trainer(cfg):
+    train, test = make_datasets(cfg.data, cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+    model = build_pretrain_model(cfg)
+    return Trainer(cfg.run, cfg.optim, model, PretrainTask(cfg, eval_view(train), test), train, "pretrain", {})
+
+
+@pytest.mark.parametrize("jepa_kw", [dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
+                                     dict(objective="mae", cpu_bf16=True)])
+def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
+    def cfg(out):
+        c = tiny_pretrain(tmp_path / out, epochs=2)
+        c.jepa = dataclasses.replace(c.jepa, **jepa_kw)
+        return c
+    full = make_trainer(cfg("full")).fit()
+    make_trainer(cfg("cut")).fit(stop_after=1)
+    resumed = make_trainer(cfg("cut")).fit(resume=True)
+    assert [h["train_loss"] for h in full] == [h["train_loss"] for h in resumed]
+    ta, _ = load_checkpoint(tmp_path / "full" / "last.safetensors")
+    tb, _ = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    for k in ta:
+        if k.startswith("model."):
+            assert torch.equal(ta[k], tb[k]), k
