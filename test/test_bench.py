@@ -55,7 +55,10 @@ def test_bench_runs_the_exported_graphs_on_onnxruntime_and_measures_the_settings
         rows = r[part]
         assert rows["teacher"]["latency_onnxruntime_s"] > 0 and rows["foundry_s1_student_tok"]["latency_onnxruntime_s"] > 0
         assert "latency_onnxruntime_s" not in rows["foundry_s1_teacher_tok"] and "latency_onnxruntime_s" not in rows["tome16"]
-        assert set(r["speedup_vs_teacher"][part]["onnxruntime"]) == {"teacher", "foundry_s1_student_tok", "foundry_s1"}
+        # foundry_s1 is a copy of the faster (PyTorch) configuration: it has an ONNX latency when that one does
+        alias = {"foundry_s1"} if "latency_onnxruntime_s" in rows["foundry_s1"] else set()
+        assert rows["foundry_s1"]["configuration"] in ("foundry_s1_teacher_tok", "foundry_s1_student_tok")
+        assert set(r["speedup_vs_teacher"][part]["onnxruntime"]) == {"teacher", "foundry_s1_student_tok"} | alias
     assert r["scene"]["foundry_s1_student_tok"]["timings_ms_onnxruntime"]["total"] > 0
     settings = r["inference_settings"]["latency_s"]
     levels = {k.rsplit(" ", 1)[-1] for k in settings if "onnxruntime" in k}
