@@ -226,3 +226,10 @@ def test_the_cau_runs_only_when_the_output_tokens_are_read(tmp_path):
     last = out.last                                              # read outside no_grad: computed as inside it
     assert not last.requires_grad
     torch.testing.assert_close(last, st.cau(out.tokens.tokens, out.cam, out.supertokens_out).detach())
+
+
+def test_distill_tables_retokenizes_for_a_student_tokenizer_of_its_own():
+    from foundry_core.stages.distill_tables import _same_tokenizer
+    st, tt = _student(), _student(pointnet=None)
+    assert _same_tokenizer(tt.tokenizer, tt.tokenizer.state_dict())
+    assert not _same_tokenizer(st.tokenizer, tt.tokenizer.state_dict())      # other tensors: no KeyError

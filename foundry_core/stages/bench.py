@@ -416,7 +416,8 @@ def run_object(cfg: BenchConfig, result: dict, tmp: Path) -> None:
 
 def measure_settings(cfg: BenchConfig, models: dict, st_name: str, onnx_path: Path | None, pts: torch.Tensor) -> dict:
     """Latency (s) of the teacher and one student under the settings the defaults rest on, measured
-    interleaved: torch intra-op threads, BatchNorm folding of the group encoders on / off, ONNX
+    interleaved: torch intra-op threads, the group encoders' inference path on / off ("folded":
+    BatchNorms folded and a few groups at a time; "unfolded": one pass, BatchNorms applied), ONNX
     Runtime intra-op threads x graph optimisation level."""
     threads_now = torch.get_num_threads()
     fns: dict[str, Callable] = {}

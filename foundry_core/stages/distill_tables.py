@@ -108,7 +108,8 @@ class TaskCache:
 
 
 def _same_tokenizer(a: PointTokenizer, state: dict) -> bool:
-    return all(torch.equal(v, state[k]) for k, v in a.state_dict().items())
+    mine = a.state_dict()      # a student tokenizer of its own has other tensors altogether
+    return mine.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in mine.items())
 
 
 @torch.no_grad()
