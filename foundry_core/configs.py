@@ -114,6 +114,10 @@ class JEPAConfig:
     # cloud's context centers, so absolute target positions alone cannot give the answer)
     predictor_pos: Literal["absolute", "context_relative"] = "absolute"
     target_pos_noise: float = 0.0       # std of Gaussian noise on the target positions the predictor sees
+    # targets: "full" (the EMA target's LayerNorm'd tokens) or "position_residual" (each batch's least-squares
+    # fit of the tokens from the target's own positional embedding subtracted first, so the part of a target
+    # that its position alone gives is not asked for: the predictor must read content from the context)
+    target: Literal["full", "position_residual"] = "full"
     context_tokens_only: bool = False   # online tokenizer embeds only the context groups (same groups, less work)
     predictor_batched: bool = False     # one predictor sequence per cloud for all target blocks (block-masked attention)
     cpu_bf16: bool = False              # bfloat16 autocast of the training step on CPU (AMX / AVX512-BF16)
@@ -122,6 +126,8 @@ class JEPAConfig:
     def __post_init__(self) -> None:
         if self.target_pos_noise < 0:
             raise ConfigError("jepa.target_pos_noise must be >= 0")
+        if self.target not in ("full", "position_residual"):
+            raise ConfigError("jepa.target must be 'full' or 'position_residual'")
         for name in ("target_scale", "context_scale", "ema"):
             if len(getattr(self, name)) != 2:
                 raise ConfigError(f"jepa.{name} must be a list of two numbers [start, end]")

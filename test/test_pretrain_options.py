@@ -120,8 +120,7 @@ def test_mae_shapes_gradients_and_no_ema_branch():
     assert model.update_target(1, 10) == 0.0
 
 
-@pytest.mark.parametrize("jepa_kw", [dict(objective="mae"), dict(FAST, predictor_pos="context_relative",
-                                                                   target_pos_noise=0.05)])
+@pytest.mark.parametrize("jepa_kw", [dict(objective="mae"), dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05)])
 def test_tiny_runs_lower_their_loss(tmp_path, jepa_kw):
     cfg = tiny_pretrain(tmp_path, epochs=4)
     cfg.jepa = dataclasses.replace(cfg.jepa, **jepa_kw)
@@ -139,7 +138,7 @@ def make_trainer(cfg):
 
 
 @pytest.mark.parametrize("jepa_kw", [dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
-                                     dict(objective="mae", cpu_bf16=True)])
+                                     dict(objective="mae", cpu_bf16=True), dict(FAST, target="position_residual")])
 def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
     def cfg(out):
         c = tiny_pretrain(tmp_path / out, epochs=2)
@@ -154,3 +153,41 @@ def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
     for k in ta:
         if k.startswith("model."):
             assert torch.equal(ta[k], tb[k]), k
+
+
+def test_position_residual_removes_what_position_explains_and_keeps_the_rest():
+    from foundry_core.models.jepa import position_residual
+    torch.manual_seed(0)
+    pos, content = torch.randn(4, 32, 8), torch.randn(4, 32, 6)
+    mix = torch.randn(8, 6)
+    res = position_residual(pos @ mix + 2.0 + content, pos)
+    assert res.shape == (4, 32, 6) and res.dtype == torch.float32
+    assert (res - content).pow(2).mean() < 0.1 * content.pow(2).mean()     # the linear-in-position part is gone
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(position_residual(pos @ mix + content, pos), position_residual(pos @ mix + content, pos).float())
+
+
+def test_position_residual_targets_train_the_context_encoder():
+    model = jepa(target="position_residual", **FAST)
+    loss = model(torch.randn(3, 128, 3))
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.tokenizer.encoder.first.fc1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.target.parameters())
+    points = torch.randn(2, 128, 3, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(loss_with_seed(model, points), loss_with_seed(jepa(**FAST), points))   # same init
+
+
+def test_position_residual_loss_falls_on_a_fixed_batch():
+    """The residual targets are learnable: steps on one batch (same masks) lower the loss. (A tiny run of
+    a few epochs does not: what position explains is exactly what such a run learns first.)"""
+    model = jepa(target="position_residual", **FAST)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    points = torch.randn(4, 128, 3, generator=torch.Generator().manual_seed(2))
+    losses = []
+    for _ in range(25):
+        loss = loss_with_seed(model, points)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]

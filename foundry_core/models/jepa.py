@@ -207,6 +207,19 @@ class JEPAPredictor(nn.Module):
         return self.out(self.norm(x[:, lc:])).reshape(b, m, lt, -1)
 
 
+def position_residual(tokens: torch.Tensor, pos: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """tokens (B, c, D) minus their least-squares fit (ridge, with a bias) from pos (B, c, P) over the whole
+    batch -> (B, c, D) float32: what of each token its position alone does not explain."""
+    with torch.autocast(tokens.device.type, enabled=False):                    # the fit in float32, also under bf16
+        y = tokens.float().reshape(-1, tokens.shape[-1])
+        x = pos.float().reshape(-1, pos.shape[-1])
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)                        # (B c, P + 1)
+        gram = x.T @ x
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        w = torch.linalg.solve(gram + ridge * gram.diagonal().mean() * eye, x.T @ y)
+        return (y - x @ w).reshape(tokens.shape)
+
+
 def ema_momentum(step: int, total: int, start: float, end: float) -> float:
     """Linear momentum schedule from `start` to `end` over `total` steps."""
     return start + (end - start) * min(1.0, step / max(1, total))
@@ -244,6 +257,8 @@ class PointJEPA(nn.Module):
             t_tokens = gather_points(self.target.tokenizer.encoder(view.groups), view.order)
             t_pos = self.target.tokenizer.pos_embed(view.centers_seq)
             y = self.target.encoder(t_tokens, t_pos).hidden[-1]
+            if self.cfg.target == "position_residual":
+                y = position_residual(y, t_pos)
             y = F.layer_norm(y.float(), (d,))
         pred = view.predict(self.predictor)
         target = gather_points(y, view.targets.reshape(b, -1)).reshape(pred.shape)
