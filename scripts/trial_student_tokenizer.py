@@ -34,8 +34,10 @@ def main() -> int:
     ap.add_argument("--widths", type=int, nargs=3, default=[64, 128, 256])
     ap.add_argument("--init-epochs", type=int, default=2)
     ap.add_argument("--token-loss-weight", type=float, default=1.0)
+    ap.add_argument("--init-group-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="tokenizer-only distillation on groups scaled by a log-uniform factor in [LO, HI]")
     ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
-    ap.add_argument("--output", default="docs/results/distill_trials/student_tokenizer.json")
+    ap.add_argument("--output", default="", help="default docs/results/distill_trials/student_tokenizer<tag>.json")
     args = ap.parse_args()
     cfg = load_config(DistillTablesConfig, args.config)
     tables = DistillTables(cfg)
@@ -44,7 +46,8 @@ def main() -> int:
     teacher_path = tables.teacher_path()
     teacher = load_backbone(teacher_path).eval()
     tok_cfg = StudentTokenizerConfig(kind="compact", widths=list(args.widths), init_epochs=args.init_epochs,
-                                     token_loss_weight=args.token_loss_weight)
+                                     token_loss_weight=args.token_loss_weight,
+                                     init_group_scale=list(args.init_group_scale) if args.init_group_scale else None)
     variants = {"teacher_tokenizer": StudentTokenizerConfig(), "student_tokenizer": tok_cfg}
     result: dict = {"config": args.config, "teacher": teacher_path, "supertokens": args.supertokens,
                     "student_tokenizer": to_dict(tok_cfg), "seeds": args.seeds, "scores": {}, "price_points": {},
@@ -55,7 +58,8 @@ def main() -> int:
         for name, tcfg in variants.items():
             dcfg = copy.deepcopy(cfg.distill)
             dcfg.teacher, dcfg.run.seed = teacher_path, seed
-            dcfg.run.out_dir = str(out_dir / f"{name}_s{args.supertokens}_seed{seed}")
+            dcfg.run.out_dir = str(out_dir / f"{name}{variant_tag(args) if tcfg.kind != 'teacher' else ''}"
+                                             f"_s{args.supertokens}_seed{seed}")
             dcfg.student.supertokens, dcfg.student.tokenizer = args.supertokens, tcfg
             path = Path(dcfg.run.out_dir) / "student.safetensors"
             if not path.is_file():
@@ -81,12 +85,26 @@ def main() -> int:
     result["within_target"] = {task: price <= TARGET_POINTS for task, price in result["price_points"].items()}
     result["target"] = f"student tokenizer at most {TARGET_POINTS:g} point below the teacher-tokenizer student per task"
     result["elapsed_s"] = time.time() - t0
-    out = Path(args.output)
+    out = Path(args.output or f"docs/results/distill_trials/student_tokenizer{variant_tag(args)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"[trial] price (points, teacher tokenizer - student tokenizer): {result['price_points']} -> {out}",
           flush=True)
     return 0
+
+
+def variant_tag(args) -> str:
+    """'' for the default student tokenizer, else its settings (other settings get their own runs)."""
+    tag = ""
+    if list(args.widths) != [64, 128, 256]:
+        tag += "_w" + "-".join(map(str, args.widths))
+    if args.init_epochs != 2:
+        tag += f"_init{args.init_epochs}"
+    if args.token_loss_weight != 1.0:
+        tag += f"_tw{args.token_loss_weight:g}"
+    if args.init_group_scale:
+        tag += "_gs{:g}-{:g}".format(*args.init_group_scale)
+    return tag
 
 
 def last_metric(student_path: Path, key: str) -> float | None:

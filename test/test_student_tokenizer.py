@@ -233,3 +233,25 @@ def test_distill_tables_retokenizes_for_a_student_tokenizer_of_its_own():
     st, tt = _student(), _student(pointnet=None)
     assert _same_tokenizer(tt.tokenizer, tt.tokenizer.state_dict())
     assert not _same_tokenizer(st.tokenizer, tt.tokenizer.state_dict())      # other tensors: no KeyError
+
+
+def test_group_scale_scales_only_xyz_per_group_within_the_range():
+    from foundry_core.train.tokenizer_distill import scale_groups
+    groups = torch.randn(3, 5, 8, 4)
+    out = scale_groups(groups, [0.25, 1.0], torch.Generator().manual_seed(0))
+    ratio = out[..., :3] / groups[..., :3]
+    per_group = ratio.reshape(3, 5, -1)
+    torch.testing.assert_close(per_group, per_group[..., :1].expand_as(per_group))     # one factor per group
+    assert per_group.min() >= 0.25 - 1e-6 and per_group.max() <= 1.0 + 1e-6 and per_group.std() > 0
+    torch.testing.assert_close(out[..., 3:], groups[..., 3:])                          # extra channels untouched
+    with pytest.raises(ConfigError, match="init_group_scale"):
+        StudentTokenizerConfig(kind="compact", init_group_scale=[1.0, 0.5])
+
+
+def test_tokenizer_distillation_with_group_scale_runs_end_to_end(tmp_path, tiny_teacher):
+    cfg = tiny_distill(tmp_path, tiny_teacher, epochs=1)
+    cfg.student.tokenizer = StudentTokenizerConfig(kind="compact", widths=[8, 16, 24], init_epochs=2,
+                                                   init_group_scale=[0.3, 1.0])
+    run_distill(cfg)
+    init = json.loads((tmp_path / "tokenizer_init.json").read_text())
+    assert len(init) == 2 and init[-1]["token_loss"] < init[0]["token_loss"]

@@ -160,7 +160,8 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     if tcfg.kind != "teacher" and tcfg.init_epochs > 0 and not (resume and (out / Trainer.CKPT).exists()):
         from ..train.tokenizer_distill import distill_tokenizer
         distill_tokenizer(student.tokenizer, teacher.tokenizer, eval_view(train_set), tcfg.init_epochs,
-                          tcfg.init_lr, cfg.optim.batch_size, cfg.run.seed, log_path=out / "tokenizer_init.json")
+                          tcfg.init_lr, cfg.optim.batch_size, cfg.run.seed, log_path=out / "tokenizer_init.json",
+                          group_scale=tcfg.init_group_scale)
     model = Distiller(teacher, student, cfg.loss, teacher_head, cfg.temperature, tcfg.token_loss_weight)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))

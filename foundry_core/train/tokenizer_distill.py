@@ -4,6 +4,8 @@ distillation loop adds the same token-level loss to the reconstruction loss).
 
     loss = SmoothL1(student_tokenizer.encoder(G), teacher_tokenizer.encoder(G))    G (B, c, k, C)
 
+group_scale [lo, hi]: the xyz of every group is first scaled by its own log-uniform factor in [lo, hi].
+
 Only the group encoder is trained: the positional embedding is the teacher's copy and the grouping
 (FPS + kNN) is shared, so the two tokenizers differ in nothing else.
 """
@@ -22,7 +24,8 @@ from ..models.tokenizer import PointTokenizer
 
 def distill_tokenizer(student: PointTokenizer, teacher: PointTokenizer, dataset: Dataset, epochs: int,
                       lr: float = 1e-3, batch_size: int = 32, seed: int = 0,
-                      log_path: str | Path | None = None) -> list[dict[str, float]]:
+                      log_path: str | Path | None = None,
+                      group_scale: list[float] | None = None) -> list[dict[str, float]]:
     """Train student.encoder for `epochs` epochs (AdamW, cosine lr) on dataset items' "points"
     (N, C); returns (and writes to log_path as JSON) the mean token loss of every epoch."""
     device = next(teacher.parameters()).device
@@ -46,6 +49,8 @@ def distill_tokenizer(student: PointTokenizer, teacher: PointTokenizer, dataset:
             with torch.no_grad():
                 centers, _, gidx = student.group(pts, generator=gen)
                 groups = student.relative_groups(pts, centers, gidx)
+                if group_scale is not None:
+                    groups = scale_groups(groups, group_scale, gen)
                 target = teacher.encoder(groups)
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -62,3 +67,11 @@ def distill_tokenizer(student: PointTokenizer, teacher: PointTokenizer, dataset:
     if log_path is not None:
         Path(log_path).write_text(json.dumps(history, indent=2))
     return history
+
+
+def scale_groups(groups: torch.Tensor, lo_hi: list[float], generator: torch.Generator) -> torch.Tensor:
+    """groups (B, c, k, C) with the xyz of each group scaled by a log-uniform factor in [lo, hi]."""
+    lo, hi = (math.log(v) for v in lo_hi)
+    u = torch.rand(groups.shape[:2], generator=generator).to(groups.device)
+    scale = torch.exp(lo + (hi - lo) * u)[..., None, None]                      # (B, c, 1, 1)
+    return torch.cat([groups[..., :3] * scale, groups[..., 3:]], -1)
