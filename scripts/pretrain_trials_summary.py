@@ -18,12 +18,13 @@ def main() -> None:
     root = Path(args.results)
     trials = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
     trials = [t for t in trials if "curve" in t]
-    rows = ["| trial | complete | val probe (CV C) by epoch 0, 1, ... | random init | best gain | "
-            "val probe (C = 0.012) by epoch | samples/s | train s |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| trial | complete | epochs probed | val probe (CV C) at those epochs | random init | best gain | "
+            "val probe (C = 0.012) at those epochs | samples/s | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for t in trials:
         c, r = t["curve"], t["random_init"]
         best = max(c["val_probe_cv"][1:], default=float("nan")) - r["val_probe_cv"]
-        rows.append(f"| {t['name']} | {t['complete']} | {' / '.join(f'{v:.1f}' for v in c['val_probe_cv'])} | "
+        rows.append(f"| {t['name']} | {t['complete']} | {', '.join(str(e) for e in c['epoch'])} | "
+                    f"{' / '.join(f'{v:.1f}' for v in c['val_probe_cv'])} | "
                     f"{r['val_probe_cv']:.1f} | {best:+.1f} | {' / '.join(f'{v:.1f}' for v in c['val_probe_fixed_C'])} | "
                     f"{t['samples_per_s'] or float('nan'):.1f} | {t['train_time_s']:.0f} |")
     notes = "\n".join(f"- **{t['name']}**: {t['note']}" for t in trials if t.get("note"))
