@@ -126,8 +126,6 @@ class JEPAConfig:
     def __post_init__(self) -> None:
         if self.target_pos_noise < 0:
             raise ConfigError("jepa.target_pos_noise must be >= 0")
-        if self.target not in ("full", "position_residual"):
-            raise ConfigError("jepa.target must be 'full' or 'position_residual'")
         for name in ("target_scale", "context_scale", "ema"):
             if len(getattr(self, name)) != 2:
                 raise ConfigError(f"jepa.{name} must be a list of two numbers [start, end]")

@@ -24,6 +24,7 @@ from foundry_core.stages.distill_tables import DistillTables, DistillTablesConfi
 from foundry_core.typed_yaml import load_config, to_dict
 
 TARGET_POINTS = 1.0      # the issue's price: at most 1 point on each task
+DEFAULTS = {"widths": [64, 128, 256], "init_epochs": 2, "token_loss_weight": 1.0}   # the default variant's settings
 
 
 def main() -> int:
@@ -31,9 +32,9 @@ def main() -> int:
     ap.add_argument("--config", default="config/distill_tables_infomr.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--supertokens", type=int, default=16)
-    ap.add_argument("--widths", type=int, nargs=3, default=[64, 128, 256])
-    ap.add_argument("--init-epochs", type=int, default=2)
-    ap.add_argument("--token-loss-weight", type=float, default=1.0)
+    ap.add_argument("--widths", type=int, nargs=3, default=DEFAULTS["widths"])
+    ap.add_argument("--init-epochs", type=int, default=DEFAULTS["init_epochs"])
+    ap.add_argument("--token-loss-weight", type=float, default=DEFAULTS["token_loss_weight"])
     ap.add_argument("--init-group-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="tokenizer-only distillation on groups scaled by a log-uniform factor in [LO, HI]")
     ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
@@ -96,11 +97,11 @@ def main() -> int:
 def variant_tag(args) -> str:
     """'' for the default student tokenizer, else its settings (other settings get their own runs)."""
     tag = ""
-    if list(args.widths) != [64, 128, 256]:
+    if list(args.widths) != DEFAULTS["widths"]:
         tag += "_w" + "-".join(map(str, args.widths))
-    if args.init_epochs != 2:
+    if args.init_epochs != DEFAULTS["init_epochs"]:
         tag += f"_init{args.init_epochs}"
-    if args.token_loss_weight != 1.0:
+    if args.token_loss_weight != DEFAULTS["token_loss_weight"]:
         tag += f"_tw{args.token_loss_weight:g}"
     if args.init_group_scale:
         tag += "_gs{:g}-{:g}".format(*args.init_group_scale)

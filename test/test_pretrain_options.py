@@ -120,7 +120,8 @@ def test_mae_shapes_gradients_and_no_ema_branch():
     assert model.update_target(1, 10) == 0.0
 
 
-@pytest.mark.parametrize("jepa_kw", [dict(objective="mae"), dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05)])
+@pytest.mark.parametrize("jepa_kw", [dict(objective="mae"),
+                                     dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05)])
 def test_tiny_runs_lower_their_loss(tmp_path, jepa_kw):
     cfg = tiny_pretrain(tmp_path, epochs=4)
     cfg.jepa = dataclasses.replace(cfg.jepa, **jepa_kw)
@@ -163,8 +164,11 @@ def test_position_residual_removes_what_position_explains_and_keeps_the_rest():
     res = position_residual(pos @ mix + 2.0 + content, pos)
     assert res.shape == (4, 32, 6) and res.dtype == torch.float32
     assert (res - content).pow(2).mean() < 0.1 * content.pow(2).mean()     # the linear-in-position part is gone
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(position_residual(pos @ mix + content, pos), position_residual(pos @ mix + content, pos).float())
+    tokens = pos @ mix + content
+    with torch.autocast("cpu", dtype=torch.bfloat16):                       # the fit stays float32 under bf16
+        in_bf16 = position_residual(tokens, pos)
+    assert in_bf16.dtype == torch.float32
+    torch.testing.assert_close(in_bf16, position_residual(tokens, pos))
 
 
 def test_position_residual_targets_train_the_context_encoder():
