@@ -219,6 +219,21 @@ class FinetuneConfig:
 
 
 @dataclass
+class TokenizerInitData:
+    """More unlabelled clouds for the tokenizer-only distillation, grouped at their own density (e.g.
+    scenes of 4,096 points with 128 centers, whose groups are ~3x smaller than an object's). Only the
+    training split of `data` is read (its test split is never seen), labels are ignored."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    num_groups: int = 0                 # centers per cloud (0: the tokenizer's num_groups)
+    repeats: int = 1                    # passes over these clouds per init epoch (each a fresh resample)
+
+    def __post_init__(self) -> None:
+        if self.num_groups < 0 or self.repeats < 1:
+            raise ConfigError("student.tokenizer.init_data: num_groups must be >= 0 and repeats >= 1")
+
+
+@dataclass
 class StudentTokenizerConfig:
     """The student's tokenizer: the teacher's (a frozen copy) or a student tokenizer of its own (ours),
     a compact mini-PointNet (models/compact_pointnet.py) on the teacher's groups, trained to reproduce
@@ -235,6 +250,8 @@ class StudentTokenizerConfig:
     # (teacher and student see the same scaled groups), so the student matches the teacher on the smaller
     # groups of denser clouds too (a scene of 4,096 points has groups ~3x smaller than an object of 1,024)
     init_group_scale: list[float] | None = None
+    # tokenizer-only distillation: clouds of other densities next to the distillation data
+    init_data: list[TokenizerInitData] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.init_group_scale is not None:

@@ -4,6 +4,7 @@ tokenizer-only initialisation + the token-level loss), everything else equal, sc
 tasks of config/distill_tables_infomr.yaml with the same frozen-backbone probes as distill.json.
 
     .venv/bin/python scripts/trial_student_tokenizer.py [--seeds 0] [--init-epochs 2]
+        [--init-data-task mosd_seg --init-data-repeats 8]     # + scene-density groups in the tokenizer init
         -> docs/results/distill_trials/student_tokenizer.json
 
 The teacher run of the config is reused when complete (else pre-trained first, ~25 min on 2 cores).
@@ -17,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from foundry_core.configs import StudentTokenizerConfig
+from foundry_core.configs import StudentTokenizerConfig, TokenizerInitData
 from foundry_core.models.io import load_backbone
 from foundry_core.stages.distill import run_distill
 from foundry_core.stages.distill_tables import DistillTables, DistillTablesConfig, tokenize_task
@@ -37,6 +38,10 @@ def main() -> int:
     ap.add_argument("--token-loss-weight", type=float, default=DEFAULTS["token_loss_weight"])
     ap.add_argument("--init-group-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="tokenizer-only distillation on groups scaled by a log-uniform factor in [LO, HI]")
+    ap.add_argument("--init-data-task", default=None, metavar="TASK",
+                    help="tokenizer-only distillation also on this task's training clouds (unlabelled, its own "
+                         "num_groups; its test split is never read), e.g. mosd_seg")
+    ap.add_argument("--init-data-repeats", type=int, default=1, help="passes over those clouds per init epoch")
     ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
     ap.add_argument("--output", default="", help="default docs/results/distill_trials/student_tokenizer<tag>.json")
     args = ap.parse_args()
@@ -48,7 +53,8 @@ def main() -> int:
     teacher = load_backbone(teacher_path).eval()
     tok_cfg = StudentTokenizerConfig(kind="compact", widths=list(args.widths), init_epochs=args.init_epochs,
                                      token_loss_weight=args.token_loss_weight,
-                                     init_group_scale=list(args.init_group_scale) if args.init_group_scale else None)
+                                     init_group_scale=list(args.init_group_scale) if args.init_group_scale else None,
+                                     init_data=init_data(cfg, args))
     variants = {"teacher_tokenizer": StudentTokenizerConfig(), "student_tokenizer": tok_cfg}
     result: dict = {"config": args.config, "teacher": teacher_path, "supertokens": args.supertokens,
                     "student_tokenizer": to_dict(tok_cfg), "seeds": args.seeds, "scores": {}, "price_points": {},
@@ -94,6 +100,18 @@ def main() -> int:
     return 0
 
 
+def init_data(cfg: DistillTablesConfig, args) -> list[TokenizerInitData]:
+    """--init-data-task: that task's data (same split, so its test clouds stay unseen) at its num_groups."""
+    if not args.init_data_task:
+        return []
+    tasks = {t.name: t for t in cfg.tasks}
+    if args.init_data_task not in tasks:
+        raise SystemExit(f"--init-data-task {args.init_data_task}: not a task of {args.config} ({sorted(tasks)})")
+    task = tasks[args.init_data_task]
+    return [TokenizerInitData(data=copy.deepcopy(task.data), num_groups=task.num_groups,
+                              repeats=args.init_data_repeats)]
+
+
 def variant_tag(args) -> str:
     """'' for the default student tokenizer, else its settings (other settings get their own runs)."""
     tag = ""
@@ -105,6 +123,8 @@ def variant_tag(args) -> str:
         tag += f"_tw{args.token_loss_weight:g}"
     if args.init_group_scale:
         tag += "_gs{:g}-{:g}".format(*args.init_group_scale)
+    if args.init_data_task:
+        tag += f"_plus-{args.init_data_task}x{args.init_data_repeats}"
     return tag
 
 

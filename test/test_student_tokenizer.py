@@ -21,7 +21,7 @@ from foundry_core.runtime.export import ExportGraph, example_inputs, export_onnx
 from foundry_core.stages.distill import Distiller, run_distill
 from foundry_core.typed_yaml import ConfigError, load_config
 
-from support.configs import tiny_distill, tiny_model
+from support.configs import tiny_data, tiny_distill, tiny_model
 from support.exports import export_task_model
 
 COMPACT = {"kind": "compact", "widths": [8, 16, 24], "group_points": None}
@@ -255,3 +255,34 @@ def test_tokenizer_distillation_with_group_scale_runs_end_to_end(tmp_path, tiny_
     run_distill(cfg)
     init = json.loads((tmp_path / "tokenizer_init.json").read_text())
     assert len(init) == 2 and init[-1]["token_loss"] < init[0]["token_loss"]
+
+
+def test_tokenizer_distillation_reads_denser_clouds_at_their_own_number_of_groups(tmp_path, tiny_teacher):
+    from foundry_core.configs import TokenizerInitData
+    from foundry_core.train import tokenizer_distill
+    cfg = tiny_distill(tmp_path, tiny_teacher, epochs=1)
+    dense = TokenizerInitData(data=tiny_data(num_points=512, augment=[]), num_groups=24, repeats=2)
+    cfg.student.tokenizer = StudentTokenizerConfig(kind="compact", widths=[8, 16, 24], init_epochs=2, init_data=[dense])
+    seen: list[tuple[int, int | None]] = []
+    group = tokenizer_distill.PointTokenizer.group
+
+    def spy(self, points, num_groups=None, generator=None):
+        seen.append((points.shape[1], num_groups))
+        return group(self, points, num_groups, generator)
+
+    tokenizer_distill.PointTokenizer.group = spy
+    try:
+        run_distill(cfg)
+    finally:
+        tokenizer_distill.PointTokenizer.group = group
+    init = json.loads((tmp_path / "tokenizer_init.json").read_text())
+    assert len(init) == 2 and {"token_loss_data", "token_loss_init_data0"} <= set(init[0])
+    assert init[-1]["token_loss_init_data0"] < init[0]["token_loss_init_data0"]
+    # the dense clouds (512 points) are grouped at 24 centers, twice per init epoch, training split only
+    from foundry_core.data.sources import make_datasets
+    train, test = make_datasets(dense.data, cfg.run.seed)
+    batches = -(-len(train) // cfg.optim.batch_size)
+    assert seen.count((512, 24)) == 2 * 2 * batches and all(n == 24 for pts, n in seen if pts == 512)
+    assert len(test) > 0                            # (read too, the count would be higher)
+    with pytest.raises(ConfigError, match="repeats"):
+        TokenizerInitData(repeats=0)

@@ -158,10 +158,12 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
     student = student_for(cfg.student, teacher, train_set)
     tcfg = cfg.student.tokenizer
     if tcfg.kind != "teacher" and tcfg.init_epochs > 0 and not (resume and (out / Trainer.CKPT).exists()):
-        from ..train.tokenizer_distill import distill_tokenizer
+        from ..train.tokenizer_distill import InitSource, distill_tokenizer
+        extra = [InitSource(f"init_data{i}", make_datasets(d.data, cfg.run.seed)[0], d.num_groups or None, d.repeats)
+                 for i, d in enumerate(tcfg.init_data)]          # training splits only
         distill_tokenizer(student.tokenizer, teacher.tokenizer, eval_view(train_set), tcfg.init_epochs,
                           tcfg.init_lr, cfg.optim.batch_size, cfg.run.seed, log_path=out / "tokenizer_init.json",
-                          group_scale=tcfg.init_group_scale)
+                          group_scale=tcfg.init_group_scale, extra=extra)
     model = Distiller(teacher, student, cfg.loss, teacher_head, cfg.temperature, tcfg.token_loss_weight)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
