@@ -157,6 +157,9 @@ class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     jepa: JEPAConfig = field(default_factory=JEPAConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    # more clouds for pre-training only (e.g. generated shapes next to INFOMR): the training split of
+    # each source, labels ignored; the probe reads `data` alone
+    extra_data: list[DataConfig] = field(default_factory=list)
 
 
 @dataclass

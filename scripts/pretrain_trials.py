@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from foundry_core.configs import PretrainConfig
-from foundry_core.data.augment import build_augmentation
 from foundry_core.data.point_dataset import PointCloudDataset
 from foundry_core.data.shapeset import stratified_split
-from foundry_core.data.sources import load_splits
+from foundry_core.data.sources import load_splits, pretraining_set
 from foundry_core.models.backbone import PointBackbone
 from foundry_core.stages.pretrain import PretrainTask, build_pretrain_model
 from foundry_core.train.probe import probe_scores
@@ -39,9 +38,8 @@ def validation_datasets(cfg: PretrainConfig, val_fraction: float) -> tuple[Point
     train, _test = load_splits(cfg.data)          # the test split is dropped here and never used
     tr_idx, va_idx = stratified_split(train.labels, val_fraction, cfg.data.split_seed + 1)
     tr, va = train.subset(tr_idx), train.subset(va_idx)
-    aug = build_augmentation(cfg.data.augment) if cfg.data.augment else None
     seed = cfg.run.seed
-    return (PointCloudDataset(tr, cfg.data.num_points, aug, seed=seed, train=True),
+    return (pretraining_set(cfg.data, tr, cfg.extra_data, seed),            # + extra_data's clouds, if any
             PointCloudDataset(tr, cfg.data.num_points, None, seed=seed, train=False),
             PointCloudDataset(va, cfg.data.num_points, None, seed=seed, train=False))
 

@@ -195,3 +195,34 @@ def test_position_residual_loss_falls_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_extra_data_adds_unlabelled_training_clouds_and_the_probe_reads_only_data(tmp_path):
+    from foundry_core.data.sources import load_splits, pretraining_set, with_unlabelled
+    from support.configs import tiny_data
+    cfg = tiny_pretrain(tmp_path, epochs=1)
+    cfg.run.eval_every = 1
+    more = tiny_data(synthetic_shapes=30, synthetic_seed=7)
+    cfg.extra_data = [more]
+    train, _ = load_splits(cfg.data)
+    more_train, more_test = load_splits(more)
+    mixed = with_unlabelled(train, cfg.extra_data)
+    assert len(mixed) == len(train) + len(more_train) and len(more_test) > 0       # training split only
+    assert (mixed.labels[:len(train)] == train.labels).all() and (mixed.labels[len(train):] == -1).all()
+    assert with_unlabelled(train, []) is train
+    ds = pretraining_set(cfg.data, train, cfg.extra_data, 0)
+    assert len(ds) == len(mixed) and ds[len(train)]["points"].shape == (cfg.data.num_points, 3)
+    seen = {}
+    init = PretrainTask.__init__
+
+    def spy(self, cfg_, probe_train, probe_test):
+        seen["probe_train"] = probe_train
+        init(self, cfg_, probe_train, probe_test)
+
+    PretrainTask.__init__ = spy
+    try:
+        res = run_pretrain(cfg)
+    finally:
+        PretrainTask.__init__ = init
+    assert len(seen["probe_train"]) == len(train) and (seen["probe_train"].shapes.labels >= 0).all()
+    assert "probe_acc" in res["history"][-1]

@@ -1,6 +1,8 @@
 """Turn a DataConfig into train/test ShapeSets and torch datasets."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..configs import DataConfig
 from .augment import build_augmentation
 from .formats import load_dataset
@@ -34,3 +36,27 @@ def make_datasets(cfg: DataConfig, seed: int) -> tuple[PointCloudDataset, PointC
     aug = build_augmentation(cfg.augment) if cfg.augment else None
     return (PointCloudDataset(train, cfg.num_points, aug, seed=seed, with_seg=cfg.with_seg, train=True),
             PointCloudDataset(test, cfg.num_points, None, seed=seed, with_seg=cfg.with_seg, train=False))
+
+
+def with_unlabelled(train: ShapeSet, extra: list[DataConfig]) -> ShapeSet:
+    """train's clouds followed by the training split of each extra source (its test split is never
+    read), labelled -1 and without per-point labels: more clouds for a stage that reads no labels."""
+    if not extra:
+        return train
+    points, labels = list(train.points), [train.labels]
+    for cfg in extra:
+        more, _ = load_splits(cfg)
+        channels = {p.shape[1] for p in more.points} | {p.shape[1] for p in train.points}
+        if len(channels) > 1:
+            raise ValueError(f"extra data {cfg.source}: clouds with {sorted(channels)} channels next to "
+                             f"{train.name}'s; every cloud of one set needs the same channels")
+        points += list(more.points)
+        labels.append(np.full(len(more), -1, np.int64))
+    return ShapeSet(points=points, labels=np.concatenate(labels), classes=list(train.classes),
+                    name=f"{train.name}+{'+'.join(c.source for c in extra)}", meta=dict(train.meta))
+
+
+def pretraining_set(cfg: DataConfig, train: ShapeSet, extra: list[DataConfig], seed: int) -> PointCloudDataset:
+    """The augmented training dataset of train plus the extra sources' clouds (with_unlabelled)."""
+    aug = build_augmentation(cfg.augment) if cfg.augment else None
+    return PointCloudDataset(with_unlabelled(train, extra), cfg.num_points, aug, seed=seed, train=True)

@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..typed_yaml import to_dict
 from ..configs import PretrainConfig
 from ..data.point_dataset import PointCloudDataset
-from ..data.sources import make_datasets
+from ..data.sources import make_datasets, pretraining_set
 from ..models.backbone import PointBackbone
 from ..models.io import save_backbone
 from ..models.jepa import PointJEPA
@@ -73,9 +73,14 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     <out_dir>/backbone.safetensors."""
     out = prepare_run_dir(cfg.run.out_dir, cfg)
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
+    probe_train = eval_view(train_set)
+    if cfg.extra_data:
+        train_set = pretraining_set(cfg.data, train_set.shapes, cfg.extra_data, cfg.run.seed)
+        print(f"[pretrain] {len(train_set)} training clouds ({len(probe_train)} of {cfg.data.source} + extra data)",
+              flush=True)
     torch.manual_seed(cfg.run.seed)
     model = build_pretrain_model(cfg)
-    task = PretrainTask(cfg, eval_view(train_set), test_set)
+    task = PretrainTask(cfg, probe_train, test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="pretrain", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
     result = {"history": history, "out_dir": str(out)}
