@@ -58,7 +58,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"[compare] candidate - baseline mIoU: " + ", ".join(f"{n} {d:+.1f}" for n, d in delta.items())
+    print("[compare] candidate - baseline mIoU: " + ", ".join(f"{n} {d:+.1f}" for n, d in delta.items())
           + f"; better at every point: {result['better_at_every_point']} -> {out}", flush=True)
     return 0
 
