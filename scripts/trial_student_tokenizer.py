@@ -124,7 +124,7 @@ def variant_tag(args) -> str:
     if args.init_group_scale:
         tag += "_gs{:g}-{:g}".format(*args.init_group_scale)
     if args.init_data_task:
-        tag += f"_plus-{args.init_data_task}x{args.init_data_repeats}"
+        tag += f"_scene_init_x{args.init_data_repeats}"
     return tag
 
 
