@@ -255,8 +255,13 @@ class StudentTokenizerConfig:
     init_group_scale: list[float] | None = None
     # tokenizer-only distillation: clouds of other densities next to the distillation data
     init_data: list[TokenizerInitData] = field(default_factory=list)
+    # keep the tokenizer as the initialisation left it (no token loss, no drift in the main loop towards
+    # the distillation data's density; needs init_epochs > 0)
+    freeze_after_init: bool = False
 
     def __post_init__(self) -> None:
+        if self.freeze_after_init and (self.kind == "teacher" or self.init_epochs < 1):
+            raise ConfigError("student.tokenizer.freeze_after_init needs kind compact and init_epochs >= 1")
         if self.init_group_scale is not None:
             lo_hi = [float(v) for v in self.init_group_scale]
             if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:

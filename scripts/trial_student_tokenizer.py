@@ -42,6 +42,8 @@ def main() -> int:
                     help="tokenizer-only distillation also on this task's training clouds (unlabelled, its own "
                          "num_groups; its test split is never read), e.g. mosd_seg")
     ap.add_argument("--init-data-repeats", type=int, default=1, help="passes over those clouds per init epoch")
+    ap.add_argument("--freeze-after-init", action="store_true",
+                    help="the main distillation loop keeps the initialised tokenizer fixed")
     ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
     ap.add_argument("--output", default="", help="default docs/results/distill_trials/student_tokenizer<tag>.json")
     args = ap.parse_args()
@@ -54,7 +56,7 @@ def main() -> int:
     tok_cfg = StudentTokenizerConfig(kind="compact", widths=list(args.widths), init_epochs=args.init_epochs,
                                      token_loss_weight=args.token_loss_weight,
                                      init_group_scale=list(args.init_group_scale) if args.init_group_scale else None,
-                                     init_data=init_data(cfg, args))
+                                     init_data=init_data(cfg, args), freeze_after_init=args.freeze_after_init)
     variants = {"teacher_tokenizer": StudentTokenizerConfig(), "student_tokenizer": tok_cfg}
     result: dict = {"config": args.config, "teacher": teacher_path, "supertokens": args.supertokens,
                     "student_tokenizer": to_dict(tok_cfg), "seeds": args.seeds, "scores": {}, "price_points": {},
@@ -125,6 +127,8 @@ def variant_tag(args) -> str:
         tag += "_gs{:g}-{:g}".format(*args.init_group_scale)
     if args.init_data_task:
         tag += f"_scene_init_x{args.init_data_repeats}"
+    if args.freeze_after_init:
+        tag += "_frozen"
     return tag
 
 

@@ -286,3 +286,31 @@ def test_tokenizer_distillation_reads_denser_clouds_at_their_own_number_of_group
     assert len(test) > 0                            # (read too, the count would be higher)
     with pytest.raises(ConfigError, match="repeats"):
         TokenizerInitData(repeats=0)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_after_init_keeps_the_initialised_tokenizer_through_the_main_loop(tmp_path, tiny_teacher, frozen):
+    import foundry_core.train.tokenizer_distill as module
+    cfg = tiny_distill(tmp_path, tiny_teacher, epochs=2)
+    cfg.student.tokenizer = StudentTokenizerConfig(kind="compact", widths=[8, 16, 24], init_epochs=1,
+                                                   freeze_after_init=frozen)
+    after_init: dict = {}
+    distill = module.distill_tokenizer
+
+    def keep(tokenizer, *args, **kw):
+        out = distill(tokenizer, *args, **kw)
+        after_init.update({k: v.detach().clone() for k, v in tokenizer.state_dict().items()})
+        return out
+
+    module.distill_tokenizer = keep
+    try:
+        res = run_distill(cfg)
+    finally:
+        module.distill_tokenizer = distill
+    final = load_backbone(res["student"]).tokenizer.state_dict()
+    same = all(torch.equal(final[k].float(), v.float()) for k, v in after_init.items())
+    assert after_init and same == frozen            # frozen: as the init left it; else the main loop moves it
+    assert all(("train_token_loss" in h) != frozen for h in res["history"])   # no token loss when frozen
+    if frozen:
+        with pytest.raises(ConfigError, match="freeze_after_init"):
+            StudentTokenizerConfig(kind="compact", init_epochs=0, freeze_after_init=True)

@@ -164,7 +164,10 @@ def run_distill(cfg: DistillConfig, resume: bool = False) -> dict:
         distill_tokenizer(student.tokenizer, teacher.tokenizer, eval_view(train_set), tcfg.init_epochs,
                           tcfg.init_lr, cfg.optim.batch_size, cfg.run.seed, log_path=out / "tokenizer_init.json",
                           group_scale=tcfg.init_group_scale, extra=extra)
-    model = Distiller(teacher, student, cfg.loss, teacher_head, cfg.temperature, tcfg.token_loss_weight)
+    if tcfg.freeze_after_init:          # the main loop trains the rest on the initialised tokenizer
+        student.freeze_tokenizer(True)
+    token_loss_weight = 0.0 if tcfg.freeze_after_init else tcfg.token_loss_weight
+    model = Distiller(teacher, student, cfg.loss, teacher_head, cfg.temperature, token_loss_weight)
     task = DistillTask(cfg, eval_view(train_set), test_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage="distill", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
