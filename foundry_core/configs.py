@@ -194,6 +194,8 @@ class FinetuneConfig:
 
     task: Literal["cls", "partseg", "sceneseg"] = "cls"
     init: str = ""                  # backbone checkpoint; empty = random initialisation
+    # init is a task model of this task, classes and head: continue from its head too (else a new head)
+    init_head: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -210,6 +212,8 @@ class FinetuneConfig:
     operating_points: list[OperatingPoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.init_head and not self.init:
+            raise ConfigError("init_head: true needs init (a task model checkpoint)")
         if len(self.seg_hidden) != 2 or min(self.seg_hidden) < 1:
             raise ConfigError(f"seg_hidden must be two widths >= 1, got {self.seg_hidden}")
         names = [op.name for op in self.operating_points]

@@ -35,6 +35,33 @@ def test_finetune_from_pretrained_backbone_and_partseg(tmp_path):
     assert 0 < res["final"]["test_instance_miou"] <= 100
 
 
+def test_finetune_init_head_continues_from_the_task_models_head(tmp_path):
+    import torch
+    from foundry_core.models.io import load_task_model
+    from foundry_core.typed_yaml import ConfigError
+    first = run_finetune(tiny_finetune(tmp_path / "a", task="partseg", epochs=1))
+    done = str(tmp_path / "a" / "model.safetensors")
+    head0 = load_task_model(done)[0].head.state_dict()
+    # zero epochs of training: the continued model is the first one, head included (a new head is not)
+    cont = tiny_finetune(tmp_path / "b", task="partseg", epochs=1, init=done, init_head=True)
+    cont.optim.lr = 1e-12
+    run_finetune(cont)
+    head1 = load_task_model(tmp_path / "b" / "model.safetensors")[0].head.state_dict()
+    fresh = tiny_finetune(tmp_path / "c", task="partseg", epochs=1, init=done)
+    fresh.optim.lr = 1e-12
+    run_finetune(fresh)
+    head2 = load_task_model(tmp_path / "c" / "model.safetensors")[0].head.state_dict()
+    weights = [k for k in head0 if k.endswith("weight")]
+    assert all(torch.allclose(head1[k], head0[k], atol=1e-4) for k in weights)
+    assert not all(torch.allclose(head2[k], head0[k], atol=1e-4) for k in weights)
+    assert first["final"]["test_miou"] > 0
+    with pytest.raises(ConfigError, match="head"):        # a head of another shape is refused, clearly
+        run_finetune(tiny_finetune(tmp_path / "d", task="partseg", epochs=1, init=done, init_head=True,
+                                   seg_hidden=[16, 8]))
+    with pytest.raises(ConfigError, match="init_head"):
+        tiny_finetune(tmp_path / "e", init_head=True)
+
+
 def test_cli_lists_stages(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

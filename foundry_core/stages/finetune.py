@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..typed_yaml import to_dict
+from ..typed_yaml import ConfigError, to_dict
 from ..configs import FinetuneConfig, OperatingPoint
 from ..data.point_dataset import PointCloudDataset
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
 from ..models.build import build_task_model, head_options
 from ..models.heads import TaskModel
-from ..models.io import load_backbone, save_task_model
+from ..models.io import load_backbone, load_task_model, save_task_model
 from ..metrics import accuracy, confusion, instance_part_miou, mean_iou
 from ..train.trainer import Trainer
 from .common import decay_groups, prepare_run_dir
@@ -129,6 +129,22 @@ def segmentation_class_weights(cfg: FinetuneConfig, shapes) -> torch.Tensor | No
     return torch.tensor(w, dtype=torch.float32)
 
 
+def continue_head(model: TaskModel, cfg: FinetuneConfig, shapes) -> None:
+    """init_head: the head of the task model cfg.init (same task, classes and head options) into model.head."""
+    done, meta = load_task_model(cfg.init)
+    want = {"task": cfg.task, "classes": list(shapes.classes), "seg_classes": shapes.seg_classes}
+    have = {"task": meta.get("task"), "classes": list(meta.get("classes") or []), "seg_classes": meta.get("seg_classes")}
+    if cfg.task == "cls":
+        want.pop("seg_classes"), have.pop("seg_classes")
+    else:
+        want.pop("classes"), have.pop("classes")
+    shape = {k: v for k, v in head_options(cfg).items() if k != "head_dropout"}
+    stored = {k: meta.get("head", {}).get(k) for k in shape}
+    if want != have or shape != stored:
+        raise ConfigError(f"init_head: {cfg.init} has {have} and head {stored}; this run needs {want} and {shape}")
+    model.head.load_state_dict({k: v.float() for k, v in done.head.state_dict().items()})
+
+
 def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and export backbone + head to <out_dir>/model.safetensors; returns final metrics."""
     out = prepare_run_dir(cfg.run.out_dir, cfg)
@@ -141,6 +157,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     else:
         backbone = PointBackbone(cfg.model)
     model = build_task_model(cfg, backbone, train_set.shapes)
+    if cfg.init_head:
+        continue_head(model, cfg, train_set.shapes)
     task = SupervisedTask(cfg, test_set, segmentation_class_weights(cfg, train_set.shapes),
                           gated=backbone.budget_adjustable)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage=f"finetune_{cfg.task}", config=to_dict(cfg))
