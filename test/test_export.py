@@ -17,11 +17,13 @@ CASES = [(1, 16, 16, 100, 2.0), (3, 24, 7, 500, 2.0), (2, 40, 30, 77, 0.5), (1, 
 
 
 @pytest.fixture(scope="module", params=[("student", "sceneseg"), ("teacher", "sceneseg"), ("student", "cls"),
-                                        ("student", "partseg")], ids=lambda p: "-".join(p))
+                                        ("student", "partseg"), ("student", "sceneseg", "local_shape")],
+                ids=lambda p: "-".join(p))
 def exported(request, tmp_path_factory):
-    kind, task = request.param
+    kind, task = request.param[:2]
+    shape = {"point_geometry": True, "local_shape_k": 8} if "local_shape" in request.param else {}
     d = tmp_path_factory.mktemp(f"{kind}_{task}")
-    model, _ = load_task_model(export_task_model(d, kind=kind, task=task))
+    model, _ = load_task_model(export_task_model(d, kind=kind, task=task, **shape))
     path = export_onnx(model, d / "model.onnx")
     return model, path
 
@@ -69,8 +71,9 @@ def test_budget_lowers_tokens_in_exported_graph(exported):
     assert ties == sorted(ties, reverse=True) and ties[-1] <= 4 and ties[0] > ties[-1]
 
 
-def test_predictor_onnxruntime_matches_torch(tmp_path):
-    path = export_task_model(tmp_path)
+@pytest.mark.parametrize("shape", [{}, {"point_geometry": True, "local_shape_k": 8}], ids=["plain", "local_shape"])
+def test_predictor_onnxruntime_matches_torch(tmp_path, shape):
+    path = export_task_model(tmp_path, **shape)
     pre = scene_pre()
     torch_pred = Predictor.from_checkpoint(path, preprocess=pre, backend="torch")
     ort_pred = Predictor.from_checkpoint(path, preprocess=pre, backend="onnxruntime")

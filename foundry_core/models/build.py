@@ -21,14 +21,15 @@ def build_task_model(cfg: FinetuneConfig, backbone: Backbone, shapes) -> TaskMod
             raise ValueError(f"task {cfg.task} needs per-point labels, but {shapes.name} has none")
         cats = shapes.num_classes if (cfg.task == "partseg" and cfg.category_embedding) else 0
         head = SegmentationHead(backbone.hidden_dim, len(shapes.seg_classes), cfg.seg_layers, cats, cfg.head_dropout,
-                                hidden=cfg.seg_hidden, point_geometry=cfg.seg_point_geometry)
+                                hidden=cfg.seg_hidden, point_geometry=cfg.seg_point_geometry,
+                                local_shape_k=cfg.seg_local_shape_k)
     return TaskModel(backbone, head)
 
 
 def head_options(cfg: FinetuneConfig) -> dict:
     """The FinetuneConfig fields that shape the head (stored with exported models)."""
     return {"seg_layers": list(cfg.seg_layers), "seg_hidden": list(cfg.seg_hidden),
-            "seg_point_geometry": cfg.seg_point_geometry,
+            "seg_point_geometry": cfg.seg_point_geometry, "seg_local_shape_k": cfg.seg_local_shape_k,
             "category_embedding": cfg.category_embedding, "head_dropout": cfg.head_dropout}
 
 

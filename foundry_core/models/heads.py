@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone, BackboneOutput, pooled_features
+from .local_shape import LOCAL_SHAPE_DIM, local_shape_batch
 from .sampling import knn
 
 
@@ -81,19 +82,25 @@ class SegmentationHead(nn.Module):
     once per cloud: a point costs 3 * hidden[0] multiply-adds there instead of 3D * hidden[0].
     point_geometry: the MLP also reads each point's offset (3) from its nearest token center, the
     local detail that interpolated token features blur (small objects next to large ones).
-    MLP input layout: [interpolated token features (D), global (2D [+ category]), offset (3)].
+    local_shape_k: the MLP also reads each point's LocalShape descriptors (models/local_shape.py) from
+    its local_shape_k nearest points: the shape of its own surface (sphere, box side, table top).
+    MLP input layout: [interpolated token features (D), global (2D [+ category]), offset (3), LocalShape (7)].
     """
 
     GEOMETRY_DIM = 3
 
     def __init__(self, dim: int, num_classes: int, layers: list[int], num_categories: int = 0,
                  dropout: float = 0.5, category_dim: int = 64, hidden: tuple[int, int] | list[int] = (512, 256),
-                 point_geometry: bool = False):
+                 point_geometry: bool = False, local_shape_k: int = 0):
         super().__init__()
+        if local_shape_k < 0:
+            raise ValueError(f"local_shape_k must be >= 0, got {local_shape_k}")
         self.layers = list(layers)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in self.layers)
         self.category = nn.Embedding(num_categories, category_dim) if num_categories > 0 else None
-        self.geometry_dim = self.GEOMETRY_DIM if point_geometry else 0
+        self.offset_dim = self.GEOMETRY_DIM if point_geometry else 0
+        self.local_shape_k = int(local_shape_k)
+        self.geometry_dim = self.offset_dim + (LOCAL_SHAPE_DIM if self.local_shape_k else 0)
         in_dim = dim + 2 * dim + (category_dim if self.category is not None else 0) + self.geometry_dim
         h0, h1 = (int(h) for h in hidden)
         self.mlp = nn.Sequential(
@@ -116,9 +123,23 @@ class SegmentationHead(nn.Module):
             raise ValueError(f"segmentation layers {self.layers} outside the encoder's 1..{len(hidden)}")
         return torch.stack([n(hidden[i - 1]) for n, i in zip(self.norms, self.layers)]).mean(0)
 
+    def geometry_inputs(self, centers: torch.Tensor, xyz: torch.Tensor, idx: torch.Tensor,
+                        point_features: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The per-point geometry columns of the MLP input: centers (B, c, 3), xyz (B, N, 3), idx (B, N, k)
+        nearest centers first, point_features (B, N, 7) LocalShape (computed from xyz if None and used)
+        -> (B, N, geometry_dim), or None without geometry."""
+        parts = []
+        if self.offset_dim:
+            parts.append(nearest_offsets(centers, xyz, idx))
+        if self.local_shape_k:
+            parts.append(local_shape_batch(xyz, self.local_shape_k) if point_features is None
+                         else point_features.to(xyz.dtype))
+        return torch.cat(parts, dim=-1) if parts else None
+
     def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None,
-                nn_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """-> (B, N, K) logits; nn_idx (B, N, 3): the 3 nearest token centers of every point, if known."""
+                nn_idx: torch.Tensor | None = None, point_features: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (B, N, K) logits; nn_idx (B, N, 3): the 3 nearest token centers of every point, if known;
+        point_features (B, N, 7): their LocalShape descriptors, if known (local_shape_k > 0)."""
         feats = self.token_features(out)                            # (B, c, D)
         glob = pooled_features(feats)                               # (B, 2D)
         if self.category is not None:
@@ -128,7 +149,7 @@ class SegmentationHead(nn.Module):
         xyz, centers = points[..., :3], out.tokens.centers
         folded = None if self.training else self.folded_mlp()
         if folded is not None:
-            return self._forward_folded(folded, feats, glob, centers, xyz, nn_idx)
+            return self._forward_folded(folded, feats, glob, centers, xyz, nn_idx, point_features)
         # first 1x1 conv on [per_point, glob] applied as W_p p + (W_g g + b), with W_p on the tokens
         # before the (linear) interpolation and the global term once per cloud: same function
         conv0, d, g = self.mlp[0], feats.shape[-1], self.geometry_dim
@@ -139,11 +160,12 @@ class SegmentationHead(nn.Module):
         idx, weights = interpolation_weights(centers, xyz, 3, nn_idx)
         h = interpolate(tok_h, idx, weights)                                                 # (B, N, H0)
         if g:
-            h = h + nn.functional.linear(nearest_offsets(centers, xyz, idx), w[:, w.shape[1] - g:])
+            h = h + nn.functional.linear(self.geometry_inputs(centers, xyz, idx, point_features), w[:, w.shape[1] - g:])
         return self.mlp[1:](h.transpose(1, 2)).transpose(1, 2)      # (B, N, K)
 
     def _forward_folded(self, folded: "FoldedPointMLP", feats: torch.Tensor, glob: torch.Tensor, centers: torch.Tensor,
-                        xyz: torch.Tensor, nn_idx: torch.Tensor | None) -> torch.Tensor:
+                        xyz: torch.Tensor, nn_idx: torch.Tensor | None,
+                        point_features: torch.Tensor | None = None) -> torch.Tensor:
         """Eval mode (and exported graphs): the same function with the BatchNorms folded and the MLP
         on the channel-last layout (no (B, H, N) transposes): (B, c, D), (B, G), (B, c, 3), (B, N, 3)
         -> (B, N, K). The first layer and its global term run on the c token rows."""
@@ -151,7 +173,7 @@ class SegmentationHead(nn.Module):
         idx, weights = interpolation_weights(centers, xyz, 3, nn_idx)
         h = interpolate(table, idx, weights)                                                # (B, N, H0)
         if self.geometry_dim:
-            h = h + folded.geometry(nearest_offsets(centers, xyz, idx))
+            h = h + folded.geometry(self.geometry_inputs(centers, xyz, idx, point_features))
         return folded.apply(h)
 
 
@@ -197,10 +219,11 @@ class FoldedPointMLP:
         w0, b0, _ = self.layers[0]
         return b0 + glob.to(w0.dtype) @ w0[self.point_dim:w0.shape[0] - self.geometry_dim]
 
-    def geometry(self, offsets: torch.Tensor) -> torch.Tensor:
-        """First-layer term of the points' offsets from their nearest centers: (m, 3) -> (m, H0)."""
+    def geometry(self, geometry: torch.Tensor) -> torch.Tensor:
+        """First-layer term of the points' geometry columns (SegmentationHead.geometry_inputs: offset from
+        the nearest center, LocalShape): (m, G) -> (m, H0)."""
         w0 = self.layers[0][0]
-        return offsets.to(w0.dtype) @ w0[w0.shape[0] - self.geometry_dim:]
+        return geometry.to(w0.dtype) @ w0[w0.shape[0] - self.geometry_dim:]
 
     def project_tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """The first layer's per-point weights applied to token features: (..., c, D) -> (..., c, H0);

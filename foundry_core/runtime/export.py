@@ -10,6 +10,7 @@ point (kd-tree). The graph takes their results:
     fusion_threshold  (1,)         float32  merge tokens with pi > r (> 1 disables) [gated students]
     points            (B, M, 3)    float32  points to label                        [segmentation]
     nn_idx            (B, M, 3)    int64    their 3 nearest centers (nearest first) [segmentation]
+    point_features    (B, M, 7)    float32  their LocalShape descriptors            [heads with local_shape_k]
     category          (B,)         int64    object category                        [partseg w/ category]
 
 and returns
@@ -40,12 +41,13 @@ import torch
 from torch import nn
 
 from ..models.heads import SegmentationHead, TaskModel
+from ..models.local_shape import local_shape_batch
 from ..models.tokenizer import Tokens
 
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ["logits", "embeddings", "segments", "tokens_in_encoder"]
-EXPORT_FORMAT_VERSION = 2       # bump when the exported graph changes (the ONNX cache is keyed by it)
+EXPORT_FORMAT_VERSION = 3       # bump when the exported graph changes (the ONNX cache is keyed by it)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class GraphSignature:
     gated: bool
     segmentation: bool
     category: bool
+    local_shape_k: int = 0          # > 0: the head reads LocalShape descriptors (input point_features)
 
     @property
     def input_names(self) -> list[str]:
@@ -63,6 +66,8 @@ class GraphSignature:
             names += ["slots", "fusion_threshold"]
         if self.segmentation:
             names += ["points", "nn_idx"]
+        if self.local_shape_k:
+            names += ["point_features"]
         if self.category:
             names += ["category"]
         return names
@@ -75,7 +80,8 @@ def signature_of(model: TaskModel) -> GraphSignature:
                         f"{type(backbone).__name__} (token-reduction baselines run in PyTorch only)")
     seg = isinstance(model.head, SegmentationHead)
     return GraphSignature(gated=backbone.budget_adjustable, segmentation=seg,
-                          category=seg and model.head.category is not None)
+                          category=seg and model.head.category is not None,
+                          local_shape_k=model.head.local_shape_k if seg else 0)
 
 
 class ExportGraph(nn.Module):
@@ -96,7 +102,10 @@ class ExportGraph(nn.Module):
             out = backbone.encode_slots(tok, x["slots"], x["fusion_threshold"])
         else:
             out = backbone.encode(tok)
-        logits = head(out, x.get("points"), x.get("category"), x.get("nn_idx"))
+        if self.sig.segmentation:
+            logits = head(out, x["points"], x.get("category"), x["nn_idx"], x.get("point_features"))
+        else:
+            logits = head(out, None, x.get("category"))
         return logits, out.last, out.segments, out.tokens_in_encoder
 
 
@@ -117,6 +126,8 @@ def example_inputs(model: TaskModel, batch: int = 2, num_centers: int | None = N
         pts = torch.rand(batch, num_points, 3, generator=g) * 2 - 1
         d = torch.cdist(pts, centers)
         inputs += [pts, d.topk(min(3, c), dim=-1, largest=False).indices]
+    if sig.local_shape_k:
+        inputs += [local_shape_batch(inputs[-2], sig.local_shape_k)]
     if sig.category:
         inputs += [torch.zeros(batch, dtype=torch.int64)]
     return tuple(inputs)
@@ -133,7 +144,7 @@ def export_onnx(model: TaskModel, path: str | Path, opset: int = 18) -> Path:
     B, C, L, M = (torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("centers", min=4, max=65536),
                   torch.export.Dim("slots", min=1, max=65536), torch.export.Dim("points", min=1, max=1 << 24))
     axes = {"groups": {0: B, 1: C}, "centers": {0: B, 1: C}, "slots": {0: L}, "fusion_threshold": None,
-            "points": {0: B, 1: M}, "nn_idx": {0: B, 1: M}, "category": {0: B}}
+            "points": {0: B, 1: M}, "nn_idx": {0: B, 1: M}, "point_features": {0: B, 1: M}, "category": {0: B}}
     dynamic = tuple(axes[n] for n in sig.input_names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +182,8 @@ def quiet_logger(name: str, level: int = logging.ERROR):
 def check_dynamic_axes(proto, sig: GraphSignature) -> None:
     """Every axis that must be dynamic is symbolic in the exported graph (an axis frozen at the
     example's size would silently break other batch sizes, clouds or budgets)."""
-    want = {"groups": (0, 1), "centers": (0, 1), "slots": (0,), "points": (0, 1), "nn_idx": (0, 1), "category": (0,)}
+    want = {"groups": (0, 1), "centers": (0, 1), "slots": (0,), "points": (0, 1), "nn_idx": (0, 1),
+            "point_features": (0, 1), "category": (0,)}
     for inp in proto.graph.input:
         dims = inp.type.tensor_type.shape.dim
         for axis in want.get(inp.name, ()):

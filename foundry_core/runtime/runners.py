@@ -20,7 +20,8 @@ import torch
 
 from ..models.backbone import pooled_features
 from ..models.heads import (FoldedPointMLP, SegmentationHead, TaskModel, interpolation_weights,
-                            inverse_distance_weights, nearest_offsets, propagate_to_points)
+                            inverse_distance_weights, propagate_to_points)
+from ..models.local_shape import local_shape, local_shape_batch
 from ..models.sampling import FAST_FPS_MIN_POINTS
 
 CUDA_KDTREE_MIN_POINTS = 8192     # on CUDA, clouds at least this large take pykdtree's kNN on the CPU
@@ -133,18 +134,20 @@ class TorchRunner:
             else:
                 weights = inverse_distance_weights(torch.from_numpy(dist).to(self.device).square())
             weights = weights.to(table.dtype)
+        shape = local_shape_batch(xyz, head.local_shape_k) if head.local_shape_k else None     # (1, M, 7)
         for s in range(0, m, step):
             e = min(s + step, m)
-            offsets = nearest_offsets(centers, xyz[:, s:e], idx[:, s:e])[0] if head.geometry_dim else None
+            geometry = None if not head.geometry_dim else head.geometry_inputs(
+                centers, xyz[:, s:e], idx[:, s:e], None if shape is None else shape[:, s:e])[0]       # (m, G)
             if folded is not None:
                 first = torch.nn.functional.embedding_bag(idx[0, s:e], table, per_sample_weights=weights[s:e],
                                                           mode="sum")                                    # (m, H0)
-                if offsets is not None:
-                    first.add_(folded.geometry(offsets))
+                if geometry is not None:
+                    first.add_(folded.geometry(geometry))
                 logits = folded(first).float()
             else:
                 per_point = propagate_to_points(feats, centers, xyz[:, s:e], idx=idx[:, s:e])[0]   # (m, D)
-                parts = [per_point, glob.expand(e - s, -1)] + ([offsets] if offsets is not None else [])
+                parts = [per_point, glob.expand(e - s, -1)] + ([geometry] if geometry is not None else [])
                 x = torch.cat(parts, dim=-1)
                 logits = head.mlp(x.t().unsqueeze(0)).squeeze(0).t().float()
             p, lab = torch.softmax(logits, -1).max(-1)
@@ -176,6 +179,8 @@ class GraphRunner:
         if self.sig.segmentation:
             feeds["points"] = np.ascontiguousarray(xyz[None], dtype=np.float32)
             feeds["nn_idx"] = nn_idx[None]
+        if self.sig.local_shape_k:
+            feeds["point_features"] = local_shape(xyz, self.sig.local_shape_k)[None]
         if self.sig.category:
             feeds["category"] = np.array([require_category(category)], dtype=np.int64)
         tokenized_at = time.perf_counter()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.local_shape import LOCAL_SHAPE_DIM
 from .export import file_sha256, signature_of
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class EngineProfile:
             b, c, l, m = (getattr(self.batch, attr), getattr(self.centers, attr), getattr(self.slots, attr),
                           getattr(self.points, attr))
             full = {"groups": (b, c, self.group_size, self.channels), "centers": (b, c, 3), "slots": (l,),
-                    "fusion_threshold": (1,), "points": (b, m, 3), "nn_idx": (b, m, 3), "category": (b,)}
+                    "fusion_threshold": (1,), "points": (b, m, 3), "nn_idx": (b, m, 3),
+                    "point_features": (b, m, LOCAL_SHAPE_DIM), "category": (b,)}
             for name in input_names:
                 out.setdefault(name, []).append(full[name])
         return {k: tuple(v) for k, v in out.items()}

@@ -21,11 +21,12 @@ HEAD = {"seg_layers": [1, 2], "category_embedding": True, "head_dropout": 0.5}
 
 def export_task_model(path, kind: str = "student", in_channels: int = 3, task: str = "sceneseg",
                       operating_points: list | None = None, tokenizer_pointnet: dict | None = None,
-                      gate: bool = True) -> str:
+                      gate: bool = True, point_geometry: bool = False, local_shape_k: int = 0) -> str:
     """A tiny task model (kind student = gated Foundry student, teacher, random baseline) saved as
     path/model.safetensors; the head's weights are scaled so labels vary with position.
     operating_points: OperatingPoints (or their dicts) stored in the metadata, as fine-tuning does.
-    tokenizer_pointnet: the student's own tokenizer (e.g. {"kind": "compact", ...}); gate: gated student."""
+    tokenizer_pointnet: the student's own tokenizer (e.g. {"kind": "compact", ...}); gate: gated student;
+    point_geometry / local_shape_k: the segmentation head's per-point geometry (offsets, LocalShape)."""
     torch.manual_seed(0)
     teacher = PointBackbone(ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8,
                                         in_channels=in_channels))
@@ -40,14 +41,16 @@ def export_task_model(path, kind: str = "student", in_channels: int = 3, task: s
         head = ClassificationHead(backbone.dim, 3, 0.5)
     else:
         head = SegmentationHead(getattr(backbone, "hidden_dim", backbone.dim), len(SEG_CLASSES), HEAD["seg_layers"],
-                                num_categories=3 if task == "partseg" else 0)
+                                num_categories=3 if task == "partseg" else 0, point_geometry=point_geometry,
+                                local_shape_k=local_shape_k)
     with torch.no_grad():   # random but position-dependent labels (several classes per cloud)
         for p in head.parameters():
             if p.dim() > 1:
                 p.normal_(0, 1.0 / math.sqrt(p.shape[1]) * 3)
     model = TaskModel(backbone, head)
     meta = {"task": task, "classes": ["a", "b", "c"], "seg_classes": SEG_CLASSES if task != "cls" else None,
-            "init": "", "metrics": {}, "head": HEAD}
+            "init": "", "metrics": {},
+            "head": {**HEAD, "seg_point_geometry": point_geometry, "seg_local_shape_k": local_shape_k}}
     if operating_points is not None:
         meta["operating_points"] = [op if isinstance(op, dict) else to_dict(op) for op in operating_points]
     return str(save_task_model(path / "model.safetensors", model, backbone.cfg, meta))
