@@ -29,7 +29,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidate", required=True)
     ap.add_argument("--baseline", default=SHIPPED)
-    ap.add_argument("--config", default="config/default_model/sceneseg.yaml")
+    ap.add_argument("--config", default="config/default_model/sceneseg_local_shape.yaml")
     ap.add_argument("--sweeps", type=int, default=16)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

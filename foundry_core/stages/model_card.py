@@ -121,6 +121,15 @@ def ship_fp16(model_path: str | Path, out: str | Path, preprocess: PreprocessCon
     return save_checkpoint(out, half, meta)
 
 
+def head_note(card: dict) -> str:
+    """' (head: ...)' naming the per-point inputs of the model's segmentation head, '' for the plain head."""
+    head = card.get("head") or {}
+    parts = (["offset from the nearest token center"] if head.get("seg_point_geometry") else []) + \
+        ([f"LocalShape descriptors of its {head['seg_local_shape_k']} nearest points"]
+         if head.get("seg_local_shape_k") else [])
+    return f" (the head also reads each point's {' and '.join(parts)})" if parts else ""
+
+
 def run_model_card(model_path: str, cfg: FinetuneConfig, out: str | Path, ship: str = "",
                    budgets: tuple = (None, 128, 96, 64, 48, 32, 16)) -> dict:
     pre = scene_preprocess(cfg)
@@ -145,6 +154,7 @@ def run_model_card(model_path: str, cfg: FinetuneConfig, out: str | Path, ship: 
             "points_per_sweep": int(np.mean([len(p) for p, _ in sweeps])), "preprocess": to_dict(pre),
             "baseline_miou_all_ground": base, "results": results, "training": meta.get("metrics", {}),
             "supertokens": pred.num_supertokens, "axis": "operating_point" if with_points else "budget",
+            "head": meta.get("head", {}),
             "operating_points": to_meta(measured), "shipped_latency_backend": pred.backend,
             "shipped_operating_points": [op.name for op in efficient_points(measured)]}
     out = Path(out)
@@ -164,7 +174,8 @@ def write_card(card: dict, out: Path, model_path: str, ship: str) -> None:
     lines = ["# Model card: default scene segmentation student (Foundry-Gate)", "",
              "Produced by `bash scripts/train_default_model.sh` (configs in `config/default_model/`): Point-JEPA "
              "teacher on simulated LiDAR scenes -> Foundry-Gate student distilled from it "
-             f"(s = {card['supertokens']} SuperTokens) -> scene segmentation fine-tuning. "
+             f"(s = {card['supertokens']} SuperTokens) -> scene segmentation fine-tuning"
+             f"{head_note(card)}. "
              f"Shipped as `{ship or model_path}` (fp16; the node loads it when `model_path` is empty).", "",
              f"Classes: {', '.join(card['classes'])}.", "",
              "Data: procedurally generated scenes (foundry_core.sim), 32-beam LiDAR sweeps, cropped to "
