@@ -50,6 +50,9 @@ def test_descriptors_are_translation_invariant_and_handle_tiny_clouds():
     assert one.shape == (1, LOCAL_SHAPE_DIM) and np.all(np.isfinite(one)) and np.all(one == 0)
     few = local_shape(rng.normal(size=(5, 3)), 16)                 # fewer points than k: all of them
     assert few.shape == (5, LOCAL_SHAPE_DIM) and np.all(np.isfinite(few))
+    sparse = rng.uniform(-50, 50, size=(40, 3))                    # metres apart: lengths stay capped
+    f_sparse = local_shape(sparse, 8)
+    assert f_sparse[:, EXTENT:].max() <= 1.0 and f_sparse[:, EXTENT].min() == 1.0
     with pytest.raises(ValueError, match="k must be"):
         local_shape(pts, 0)
     batch = torch.from_numpy(np.stack([pts, pts[::-1].copy()]))

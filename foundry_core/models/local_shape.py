@@ -7,7 +7,8 @@ neighbourhood (its k nearest points among the M points that reach the network, i
 
     linearity (l1 - l2) / l1, planarity (l2 - l3) / l1, scattering l3 / l1   (l1 >= l2 >= l3: the
     eigenvalues of the neighbourhood's covariance), |normal_z| (verticality of the least-variance
-    axis), sqrt(l1) (extent, m), z - min z and max z - z of the neighbours (m)
+    axis), sqrt(l1) (extent, m), z - min z and max z - z of the neighbours (m); the three lengths are
+    capped at METRIC_CAP_M = 1 m
 
     feats = local_shape(xyz, k=16)              # (M, 3) numpy -> (M, LOCAL_SHAPE_DIM) float32
     feats = local_shape_batch(points, k=16)     # (B, N, 3+) tensor -> (B, N, LOCAL_SHAPE_DIM) tensor
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 LOCAL_SHAPE_DIM = 7
+METRIC_CAP_M = 1.0      # extent and heights are capped here (heavy tails would swamp the head's BatchNorm)
 QUERY_CELL_M = 0.5      # the kNN queries run sorted by these cells (same result, fewer cache misses)
 _EPS = 1e-12
 
@@ -48,6 +50,7 @@ def local_shape(xyz: np.ndarray, k: int = 16) -> np.ndarray:
     top = np.maximum(l1, _EPS)
     out = np.stack([(l1 - l2) / top, (l2 - l3) / top, l3 / top, normal_z, np.sqrt(l1),
                     -rel[:, :, 2].min(1), rel[:, :, 2].max(1)], axis=1)
+    np.minimum(out[:, 4:], METRIC_CAP_M, out=out[:, 4:])   # bounded: isolated far points have metres-wide neighbourhoods
     out[l1 <= _EPS, :4] = 0.0                             # a single point / all neighbours coincide
     feats = np.empty((m, LOCAL_SHAPE_DIM), np.float32)
     feats[order] = out
