@@ -157,6 +157,7 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
         "label_histogram": {names[i] if i < len(names) else str(i): int(v) for i, v in enumerate(hist)},
         "operating_points": order,
         "point_histogram": {n: sum(1 for r in reps if r["operating_point"] == n) for n in order},
+        "point_latency_ms_p50": point_latency_p50(reps, order),
         "phases": [{"name": name, "start_s": 0.0 if k == 0 else event_times[k - 1], "first_frame": starts[k],
                     "frames": (starts[k + 1] if k + 1 < len(starts) else len(reps)) - starts[k]}
                    for k, name in enumerate(scenario.phases)],
@@ -166,6 +167,17 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
                                       [r["deadline_ms"] for r in trace], [r["point_rank"] for r in trace],
                                       event_times, order))
     return summary, trace
+
+
+def point_latency_p50(reps: list[dict], order: list[str]) -> dict[str, float]:
+    """Median end-to-end frame latency (ms) of the frames run at each operating point (points never chosen
+    are left out)."""
+    out = {}
+    for name in order:
+        lat = [r["latency_ms"] for r in reps if r["operating_point"] == name]
+        if lat:
+            out[name] = float(np.median(lat))
+    return out
 
 
 # ================================================================================================

@@ -230,3 +230,10 @@ def test_hog_dies_with_its_parent():
                          timeout=30)
     pid = int(out.stdout.split()[0])
     assert _gone(pid, 5.0), "the hog outlived its parent"
+
+
+def test_demo_summary_gives_each_chosen_points_median_latency():
+    from foundry_ros.demo import point_latency_p50
+    reps = [{"operating_point": "p2k", "latency_ms": v} for v in (40.0, 50.0, 46.0)] + \
+        [{"operating_point": "p6k", "latency_ms": 61.0}]
+    assert point_latency_p50(reps, ["p2k", "p4k", "p6k"]) == {"p2k": 46.0, "p6k": 61.0}
