@@ -206,6 +206,7 @@ class FinetuneConfig:
     seg_hidden: list[int] = field(default_factory=lambda: [512, 256])   # widths of the segmentation MLP
     seg_point_geometry: bool = False  # the segmentation MLP also reads each point's offset from its nearest center
     seg_local_shape_k: int = 0        # > 0: ... and its LocalShape descriptors from that many nearest points
+    seg_local_shape_voxels: list[float] = field(default_factory=lambda: [0.0])   # their scales (0: the points)
     category_embedding: bool = True   # partseg: add a learned object-category embedding
     class_weighting: Literal["none", "inverse_sqrt", "inverse"] = "none"   # segmentation: weight rare classes up
     # compute range of the model (scene models): each training batch runs at one of these points
@@ -217,6 +218,9 @@ class FinetuneConfig:
             raise ConfigError("init_head: true needs init (a task model checkpoint)")
         if self.seg_local_shape_k < 0:
             raise ConfigError(f"seg_local_shape_k must be >= 0 (0: off), got {self.seg_local_shape_k}")
+        if not self.seg_local_shape_voxels or min(self.seg_local_shape_voxels) < 0:
+            raise ConfigError(f"seg_local_shape_voxels must be one or more voxel sizes >= 0 (m; 0: the points "
+                              f"themselves), got {self.seg_local_shape_voxels}")
         if len(self.seg_hidden) != 2 or min(self.seg_hidden) < 1:
             raise ConfigError(f"seg_hidden must be two widths >= 1, got {self.seg_hidden}")
         names = [op.name for op in self.operating_points]

@@ -21,7 +21,8 @@ CASES = [(1, 16, 16, 100, 2.0), (3, 24, 7, 500, 2.0), (2, 40, 30, 77, 0.5), (1, 
                 ids=lambda p: "-".join(p))
 def exported(request, tmp_path_factory):
     kind, task = request.param[:2]
-    shape = {"point_geometry": True, "local_shape_k": 8} if "local_shape" in request.param else {}
+    shape = {"point_geometry": True, "local_shape_k": 8, "local_shape_voxels": (0.0, 1.0)} \
+        if "local_shape" in request.param else {}
     d = tmp_path_factory.mktemp(f"{kind}_{task}")
     model, _ = load_task_model(export_task_model(d, kind=kind, task=task, **shape))
     path = export_onnx(model, d / "model.onnx")
@@ -71,7 +72,9 @@ def test_budget_lowers_tokens_in_exported_graph(exported):
     assert ties == sorted(ties, reverse=True) and ties[-1] <= 4 and ties[0] > ties[-1]
 
 
-@pytest.mark.parametrize("shape", [{}, {"point_geometry": True, "local_shape_k": 8}], ids=["plain", "local_shape"])
+@pytest.mark.parametrize("shape", [{}, {"point_geometry": True, "local_shape_k": 8},
+                                   {"point_geometry": True, "local_shape_k": 8, "local_shape_voxels": (0.0, 1.0)}],
+                         ids=["plain", "local_shape", "local_shape_scales"])
 def test_predictor_onnxruntime_matches_torch(tmp_path, shape):
     path = export_task_model(tmp_path, **shape)
     pre = scene_pre()

@@ -84,3 +84,36 @@ def test_head_reads_local_shape_and_its_folded_path_is_the_same_function():
     torch.testing.assert_close(given, ref)
     torch.testing.assert_close(unfolded, ref, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(other, ref)                           # the descriptors change the labels
+
+
+def test_voxel_scales_keep_the_neighbourhood_size_whatever_the_density():
+    """At voxel 0 the k neighbours shrink as the cloud gets denser; at a voxel scale they span about the
+    same metres (the support has one point per voxel), and each scale is its own block of columns."""
+    rng = np.random.default_rng(2)
+    def floor(n):                                                    # n points on a 4 x 4 m floor
+        return np.stack([rng.uniform(0, 4, n), rng.uniform(0, 4, n), np.zeros(n)], 1).astype(np.float32)
+    sparse, dense = floor(2000), floor(32000)
+    f_sparse, f_dense = local_shape(sparse, 16, (0.0, 0.3)), local_shape(dense, 16, (0.0, 0.3))
+    assert f_sparse.shape == (2000, 2 * LOCAL_SHAPE_DIM) and f_dense.dtype == np.float32
+    np.testing.assert_array_equal(f_sparse[:, :LOCAL_SHAPE_DIM], local_shape(sparse, 16))   # voxel 0 = the points
+    ext = EXTENT + LOCAL_SHAPE_DIM
+    assert np.median(f_dense[:, EXTENT]) < 0.3 * np.median(f_sparse[:, EXTENT])             # 16x denser: ~1/4
+    assert 0.8 < np.median(f_dense[:, ext]) / np.median(f_sparse[:, ext]) < 1.25
+    assert np.median(f_dense[:, ext]) > 2 * np.median(f_dense[:, EXTENT])
+    assert np.all(f_dense[:, NZ + LOCAL_SHAPE_DIM] > 0.99)                                  # still a floor
+    with pytest.raises(ValueError, match="voxels"):
+        local_shape(sparse, 16, ())
+    with pytest.raises(ValueError, match="voxels"):
+        local_shape(sparse, 16, (0.1, -1.0))
+    assert local_shape_batch(torch.from_numpy(sparse[None]), 16, (0.0, 0.3)).shape == (1, 2000, 14)
+
+
+def test_multi_scale_head_width_and_config_checks():
+    head = SegmentationHead(32, 5, [1, 2], hidden=(32, 16), point_geometry=True, local_shape_k=8,
+                            local_shape_voxels=(0.1, 0.3))
+    assert head.local_shape_dim == 2 * LOCAL_SHAPE_DIM and head.geometry_dim == 3 + 2 * LOCAL_SHAPE_DIM
+    assert head.mlp[0].in_channels == 32 * 3 + head.geometry_dim
+    from foundry_core.configs import FinetuneConfig
+    from foundry_core.typed_yaml import ConfigError
+    with pytest.raises(ConfigError, match="seg_local_shape_voxels"):
+        FinetuneConfig(task="sceneseg", seg_local_shape_k=16, seg_local_shape_voxels=[])

@@ -22,7 +22,7 @@ def build_task_model(cfg: FinetuneConfig, backbone: Backbone, shapes) -> TaskMod
         cats = shapes.num_classes if (cfg.task == "partseg" and cfg.category_embedding) else 0
         head = SegmentationHead(backbone.hidden_dim, len(shapes.seg_classes), cfg.seg_layers, cats, cfg.head_dropout,
                                 hidden=cfg.seg_hidden, point_geometry=cfg.seg_point_geometry,
-                                local_shape_k=cfg.seg_local_shape_k)
+                                local_shape_k=cfg.seg_local_shape_k, local_shape_voxels=cfg.seg_local_shape_voxels)
     return TaskModel(backbone, head)
 
 
@@ -30,6 +30,7 @@ def head_options(cfg: FinetuneConfig) -> dict:
     """The FinetuneConfig fields that shape the head (stored with exported models)."""
     return {"seg_layers": list(cfg.seg_layers), "seg_hidden": list(cfg.seg_hidden),
             "seg_point_geometry": cfg.seg_point_geometry, "seg_local_shape_k": cfg.seg_local_shape_k,
+            "seg_local_shape_voxels": list(cfg.seg_local_shape_voxels),
             "category_embedding": cfg.category_embedding, "head_dropout": cfg.head_dropout}
 
 

@@ -83,15 +83,18 @@ class SegmentationHead(nn.Module):
     point_geometry: the MLP also reads each point's offset (3) from its nearest token center, the
     local detail that interpolated token features blur (small objects next to large ones).
     local_shape_k: the MLP also reads each point's LocalShape descriptors (models/local_shape.py) from
-    its local_shape_k nearest points: the shape of its own surface (sphere, box side, table top).
-    MLP input layout: [interpolated token features (D), global (2D [+ category]), offset (3), LocalShape (7)].
+    its local_shape_k nearest points, at each scale of local_shape_voxels (0: the points themselves;
+    v: one point per v-metre voxel): the shape of its own surface (sphere, box side, table top).
+    MLP input layout: [interpolated token features (D), global (2D [+ category]), offset (3),
+    LocalShape (7 per scale)].
     """
 
     GEOMETRY_DIM = 3
 
     def __init__(self, dim: int, num_classes: int, layers: list[int], num_categories: int = 0,
                  dropout: float = 0.5, category_dim: int = 64, hidden: tuple[int, int] | list[int] = (512, 256),
-                 point_geometry: bool = False, local_shape_k: int = 0):
+                 point_geometry: bool = False, local_shape_k: int = 0,
+                 local_shape_voxels: tuple[float, ...] | list[float] = (0.0,)):
         super().__init__()
         if local_shape_k < 0:
             raise ValueError(f"local_shape_k must be >= 0, got {local_shape_k}")
@@ -100,7 +103,9 @@ class SegmentationHead(nn.Module):
         self.category = nn.Embedding(num_categories, category_dim) if num_categories > 0 else None
         self.offset_dim = self.GEOMETRY_DIM if point_geometry else 0
         self.local_shape_k = int(local_shape_k)
-        self.geometry_dim = self.offset_dim + (LOCAL_SHAPE_DIM if self.local_shape_k else 0)
+        self.local_shape_voxels = tuple(float(v) for v in local_shape_voxels)
+        self.local_shape_dim = LOCAL_SHAPE_DIM * len(self.local_shape_voxels) if self.local_shape_k else 0
+        self.geometry_dim = self.offset_dim + self.local_shape_dim
         in_dim = dim + 2 * dim + (category_dim if self.category is not None else 0) + self.geometry_dim
         h0, h1 = (int(h) for h in hidden)
         self.mlp = nn.Sequential(
@@ -126,20 +131,20 @@ class SegmentationHead(nn.Module):
     def geometry_inputs(self, centers: torch.Tensor, xyz: torch.Tensor, idx: torch.Tensor,
                         point_features: torch.Tensor | None = None) -> torch.Tensor | None:
         """The per-point geometry columns of the MLP input: centers (B, c, 3), xyz (B, N, 3), idx (B, N, k)
-        nearest centers first, point_features (B, N, 7) LocalShape (computed from xyz if None and used)
+        nearest centers first, point_features (B, N, local_shape_dim) LocalShape (computed from xyz if None and used)
         -> (B, N, geometry_dim), or None without geometry."""
         parts = []
         if self.offset_dim:
             parts.append(nearest_offsets(centers, xyz, idx))
         if self.local_shape_k:
-            parts.append(local_shape_batch(xyz, self.local_shape_k) if point_features is None
+            parts.append(local_shape_batch(xyz, self.local_shape_k, self.local_shape_voxels) if point_features is None
                          else point_features.to(xyz.dtype))
         return torch.cat(parts, dim=-1) if parts else None
 
     def forward(self, out: BackboneOutput, points: torch.Tensor, category: torch.Tensor | None = None,
                 nn_idx: torch.Tensor | None = None, point_features: torch.Tensor | None = None) -> torch.Tensor:
         """-> (B, N, K) logits; nn_idx (B, N, 3): the 3 nearest token centers of every point, if known;
-        point_features (B, N, 7): their LocalShape descriptors, if known (local_shape_k > 0)."""
+        point_features (B, N, local_shape_dim): their LocalShape descriptors, if known (local_shape_k > 0)."""
         feats = self.token_features(out)                            # (B, c, D)
         glob = pooled_features(feats)                               # (B, 2D)
         if self.category is not None:

@@ -10,7 +10,7 @@ point (kd-tree). The graph takes their results:
     fusion_threshold  (1,)         float32  merge tokens with pi > r (> 1 disables) [gated students]
     points            (B, M, 3)    float32  points to label                        [segmentation]
     nn_idx            (B, M, 3)    int64    their 3 nearest centers (nearest first) [segmentation]
-    point_features    (B, M, 7)    float32  their LocalShape descriptors            [heads with local_shape_k]
+    point_features    (B, M, 7S)   float32  their LocalShape descriptors, S scales  [heads with local_shape_k]
     category          (B,)         int64    object category                        [partseg w/ category]
 
 and returns
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..models.heads import SegmentationHead, TaskModel
-from ..models.local_shape import local_shape_batch
+from ..models.local_shape import LOCAL_SHAPE_DIM, local_shape_batch
 from ..models.tokenizer import Tokens
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ class GraphSignature:
     segmentation: bool
     category: bool
     local_shape_k: int = 0          # > 0: the head reads LocalShape descriptors (input point_features)
+    local_shape_voxels: tuple[float, ...] = (0.0,)   # ... at these scales (7 columns each)
+
+    @property
+    def local_shape_dim(self) -> int:
+        return LOCAL_SHAPE_DIM * len(self.local_shape_voxels) if self.local_shape_k else 0
 
     @property
     def input_names(self) -> list[str]:
@@ -81,7 +86,8 @@ def signature_of(model: TaskModel) -> GraphSignature:
     seg = isinstance(model.head, SegmentationHead)
     return GraphSignature(gated=backbone.budget_adjustable, segmentation=seg,
                           category=seg and model.head.category is not None,
-                          local_shape_k=model.head.local_shape_k if seg else 0)
+                          local_shape_k=model.head.local_shape_k if seg else 0,
+                          local_shape_voxels=model.head.local_shape_voxels if seg else (0.0,))
 
 
 class ExportGraph(nn.Module):
@@ -127,7 +133,7 @@ def example_inputs(model: TaskModel, batch: int = 2, num_centers: int | None = N
         d = torch.cdist(pts, centers)
         inputs += [pts, d.topk(min(3, c), dim=-1, largest=False).indices]
     if sig.local_shape_k:
-        inputs += [local_shape_batch(inputs[-2], sig.local_shape_k)]
+        inputs += [local_shape_batch(inputs[-2], sig.local_shape_k, sig.local_shape_voxels)]
     if sig.category:
         inputs += [torch.zeros(batch, dtype=torch.int64)]
     return tuple(inputs)

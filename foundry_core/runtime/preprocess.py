@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..geometry import voxel_select
 from ..typed_yaml import ConfigError
 
 
@@ -112,35 +113,6 @@ def as_cloud(points: np.ndarray) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32)
     return arr
-
-
-def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
-    """One int64 key per point identifying its voxel (xyz (M, 3) finite)."""
-    q = np.floor(xyz.astype(np.float64) / voxel)
-    q -= q.min(axis=0)
-    q = q.astype(np.int64)
-    dims = q.max(axis=0) + 1
-    if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2 ** 62:
-        return (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
-    # astronomically sparse extent: fall back to unique rows (slower, still vectorised)
-    return np.unique(q, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
-
-
-def voxel_select(xyz: np.ndarray, voxel: float, mode: str = "first") -> np.ndarray:
-    """Indices (sorted ascending) of one point per occupied voxel."""
-    keys = voxel_keys(xyz, voxel)
-    if mode == "first":
-        _, first = np.unique(keys, return_index=True)   # first occurrence of every key
-        return np.sort(first)
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    x64 = xyz.astype(np.float64)
-    centroid = np.stack([np.bincount(inverse, x64[:, d], minlength=counts.size) for d in range(3)], 1)
-    centroid /= counts[:, None]
-    dist = ((x64 - centroid[inverse]) ** 2).sum(1)
-    order = np.lexsort((np.arange(len(keys)), dist, inverse))   # by voxel, then distance, then index
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.sort(order[starts])
 
 
 def range_keep_probability(r2: np.ndarray, k: int) -> np.ndarray:

@@ -134,7 +134,8 @@ class TorchRunner:
             else:
                 weights = inverse_distance_weights(torch.from_numpy(dist).to(self.device).square())
             weights = weights.to(table.dtype)
-        shape = local_shape_batch(xyz, head.local_shape_k) if head.local_shape_k else None     # (1, M, 7)
+        shape = local_shape_batch(xyz, head.local_shape_k, head.local_shape_voxels) \
+            if head.local_shape_k else None                                                 # (1, M, 7 per scale)
         for s in range(0, m, step):
             e = min(s + step, m)
             geometry = None if not head.geometry_dim else head.geometry_inputs(
@@ -180,7 +181,7 @@ class GraphRunner:
             feeds["points"] = np.ascontiguousarray(xyz[None], dtype=np.float32)
             feeds["nn_idx"] = nn_idx[None]
         if self.sig.local_shape_k:
-            feeds["point_features"] = local_shape(xyz, self.sig.local_shape_k)[None]
+            feeds["point_features"] = local_shape(xyz, self.sig.local_shape_k, self.sig.local_shape_voxels)[None]
         if self.sig.category:
             feeds["category"] = np.array([require_category(category)], dtype=np.int64)
         tokenized_at = time.perf_counter()

@@ -54,6 +54,7 @@ class EngineProfile:
     points: AxisRange
     group_size: int
     channels: int
+    point_features: int = LOCAL_SHAPE_DIM     # LocalShape columns (7 per scale)
 
     def shapes(self, input_names: list[str]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """(min, opt, max) shape of every graph input."""
@@ -63,14 +64,15 @@ class EngineProfile:
                           getattr(self.points, attr))
             full = {"groups": (b, c, self.group_size, self.channels), "centers": (b, c, 3), "slots": (l,),
                     "fusion_threshold": (1,), "points": (b, m, 3), "nn_idx": (b, m, 3),
-                    "point_features": (b, m, LOCAL_SHAPE_DIM), "category": (b,)}
+                    "point_features": (b, m, self.point_features), "category": (b,)}
             for name in input_names:
                 out.setdefault(name, []).append(full[name])
         return {k: tuple(v) for k, v in out.items()}
 
 
 def profile_for(min_centers: int, max_centers: int, min_budget: int, max_points: int, group_size: int,
-                channels: int, max_batch: int = 1, opt_centers: int | None = None) -> EngineProfile:
+                channels: int, max_batch: int = 1, opt_centers: int | None = None,
+                point_features: int = LOCAL_SHAPE_DIM) -> EngineProfile:
     """The profile covering a predictor's range: c in [min_centers, max_centers], budget slots in
     [min(min_budget, max_centers), max_centers], up to max_points points per cloud."""
     opt_c = opt_centers or max(min_centers, min(max_centers, (min_centers + max_centers) // 2))
@@ -78,7 +80,7 @@ def profile_for(min_centers: int, max_centers: int, min_budget: int, max_points:
     return EngineProfile(batch=AxisRange(1, 1, max_batch), centers=AxisRange(min_centers, opt_c, max_centers),
                          slots=AxisRange(lo_slots, max(lo_slots, min(opt_c, max_centers)), max_centers),
                          points=AxisRange(1, max(1, max_points // 2), max_points),
-                         group_size=group_size, channels=channels)
+                         group_size=group_size, channels=channels, point_features=point_features)
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,12 @@ def engine_for_model(model, onnx_path: str | Path, cache_dir: str | Path, precis
                      max_centers: int, max_points: int) -> tuple[bytes, list[str]]:
     """(engine, graph input names) of a task model's exported graph over the predictor's whole range:
     c in [min_centers, max_centers], budgets from the model's s (or min_centers) up, <= max_points."""
-    names = signature_of(model).input_names
+    sig = signature_of(model)
+    names = sig.input_names
     tok = model.backbone.tokenizer
     s = model.backbone.budget_range(min_centers)[0]           # the smallest budget: s (students) or c
-    profile = profile_for(min_centers, max_centers, s, max_points, tok.group_size, tok.in_channels)
+    profile = profile_for(min_centers, max_centers, s, max_points, tok.group_size, tok.in_channels,
+                          point_features=sig.local_shape_dim or LOCAL_SHAPE_DIM)
     return load_or_build(onnx_path, Path(cache_dir) / "engines", profile, precision, names), names
 
 

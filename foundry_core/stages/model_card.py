@@ -121,11 +121,19 @@ def ship_fp16(model_path: str | Path, out: str | Path, preprocess: PreprocessCon
     return save_checkpoint(out, half, meta)
 
 
+def scales_note(head: dict) -> str:
+    """' at 0.1 / 0.3 m voxel scales' for multi-scale LocalShape heads, '' for the points themselves."""
+    voxels = [float(v) for v in head.get("seg_local_shape_voxels") or [0.0]]
+    if voxels == [0.0]:
+        return ""
+    return " at " + " / ".join("the points" if v == 0 else f"{v:g} m" for v in voxels) + " voxel scales"
+
+
 def head_note(card: dict) -> str:
     """' (head: ...)' naming the per-point inputs of the model's segmentation head, '' for the plain head."""
     head = card.get("head") or {}
     parts = (["offset from the nearest token center"] if head.get("seg_point_geometry") else []) + \
-        ([f"LocalShape descriptors of its {head['seg_local_shape_k']} nearest points"]
+        ([f"LocalShape descriptors of its {head['seg_local_shape_k']} nearest points{scales_note(head)}"]
          if head.get("seg_local_shape_k") else [])
     return f" (the head also reads each point's {' and '.join(parts)})" if parts else ""
 

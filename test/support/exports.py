@@ -21,12 +21,14 @@ HEAD = {"seg_layers": [1, 2], "category_embedding": True, "head_dropout": 0.5}
 
 def export_task_model(path, kind: str = "student", in_channels: int = 3, task: str = "sceneseg",
                       operating_points: list | None = None, tokenizer_pointnet: dict | None = None,
-                      gate: bool = True, point_geometry: bool = False, local_shape_k: int = 0) -> str:
+                      gate: bool = True, point_geometry: bool = False, local_shape_k: int = 0,
+                      local_shape_voxels: tuple = (0.0,)) -> str:
     """A tiny task model (kind student = gated Foundry student, teacher, random baseline) saved as
     path/model.safetensors; the head's weights are scaled so labels vary with position.
     operating_points: OperatingPoints (or their dicts) stored in the metadata, as fine-tuning does.
     tokenizer_pointnet: the student's own tokenizer (e.g. {"kind": "compact", ...}); gate: gated student;
-    point_geometry / local_shape_k: the segmentation head's per-point geometry (offsets, LocalShape)."""
+    point_geometry / local_shape_k / local_shape_voxels: the segmentation head's per-point geometry
+    (offsets, LocalShape and its scales)."""
     torch.manual_seed(0)
     teacher = PointBackbone(ModelConfig(encoder="custom", dim=32, depth=2, heads=2, num_groups=16, group_size=8,
                                         in_channels=in_channels))
@@ -42,7 +44,7 @@ def export_task_model(path, kind: str = "student", in_channels: int = 3, task: s
     else:
         head = SegmentationHead(getattr(backbone, "hidden_dim", backbone.dim), len(SEG_CLASSES), HEAD["seg_layers"],
                                 num_categories=3 if task == "partseg" else 0, point_geometry=point_geometry,
-                                local_shape_k=local_shape_k)
+                                local_shape_k=local_shape_k, local_shape_voxels=local_shape_voxels)
     with torch.no_grad():   # random but position-dependent labels (several classes per cloud)
         for p in head.parameters():
             if p.dim() > 1:
@@ -50,7 +52,8 @@ def export_task_model(path, kind: str = "student", in_channels: int = 3, task: s
     model = TaskModel(backbone, head)
     meta = {"task": task, "classes": ["a", "b", "c"], "seg_classes": SEG_CLASSES if task != "cls" else None,
             "init": "", "metrics": {},
-            "head": {**HEAD, "seg_point_geometry": point_geometry, "seg_local_shape_k": local_shape_k}}
+            "head": {**HEAD, "seg_point_geometry": point_geometry, "seg_local_shape_k": local_shape_k,
+                     "seg_local_shape_voxels": list(local_shape_voxels)}}
     if operating_points is not None:
         meta["operating_points"] = [op if isinstance(op, dict) else to_dict(op) for op in operating_points]
     return str(save_task_model(path / "model.safetensors", model, backbone.cfg, meta))
