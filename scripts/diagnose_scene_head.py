@@ -8,6 +8,13 @@ of training scenes and are scored on the same held-out sweeps as the model card.
 
 If the descriptors alone label spheres, tables and clutter that the model sends to "box" or "ground",
 the model lacks the points' own surface shape, not capacity or data.
+
+    .venv/bin/python scripts/diagnose_scene_head.py --config config/default_model/sceneseg_multiscale.yaml \
+        --scales 0 0.1,0.3 --out docs/results/local_shape_scales.json
+
+--scales: instead, the descriptors-only classifier at several operating points for each LocalShape scale
+set (0: the 16 nearest of the points; 0.1,0.3: among one point per 0.1 m and per 0.3 m voxel), on the
+points the predictor's own preprocessing keeps: does accuracy rise with density at that scale?
 """
 from __future__ import annotations
 
@@ -23,7 +30,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from foundry_core.configs import FinetuneConfig
 from foundry_core.metrics import confusion, mean_iou
 from foundry_core.models.local_shape import local_shape
+from foundry_core.runtime.operating_points import call_preprocess
 from foundry_core.runtime.predictor import Predictor, PredictorConfig
+from foundry_core.runtime.preprocess import preprocess
 from foundry_core.sim import LidarSensor, generate_scene
 from foundry_core.stages.model_card import heldout_sweeps, scene_preprocess
 from foundry_core.typed_yaml import load_config
@@ -42,6 +51,38 @@ def sample(pred: Predictor, op, pts: np.ndarray, lab: np.ndarray, rng: np.random
     return local_shape(pts[sel, :3], k), res.labels[sel].astype(np.int64), lab[sel].astype(np.int64)
 
 
+def kept_points(pred: Predictor, op, pts: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(xyz (M, 3), labels (M,)) of the labelled points the predictor's preprocessing keeps at `op`."""
+    pre = preprocess(pts[:, :pred.in_channels], call_preprocess(pred.pre_cfg, op), seed=pred.cfg.seed)
+    keep = lab[pre.source_index] >= 0
+    return pre.points[keep, :3], lab[pre.source_index][keep].astype(np.int64)
+
+
+def descriptor_miou(train, test, k: int, voxels: tuple[float, ...], num_classes: int) -> float:
+    """Held-out mIoU of a gradient-boosted classifier on LocalShape descriptors alone."""
+    x_tr = np.concatenate([local_shape(x, k, voxels) for x, _ in train])
+    x_te = np.concatenate([local_shape(x, k, voxels) for x, _ in test])
+    clf = HistGradientBoostingClassifier(max_iter=200, class_weight="balanced", random_state=0)
+    clf.fit(x_tr, np.concatenate([y for _, y in train]))
+    return mean_iou(confusion(clf.predict(x_te), np.concatenate([y for _, y in test]), num_classes))
+
+
+def scales_study(pred: Predictor, train_sweeps, test_sweeps, scales: list[tuple[float, ...]], ops: list,
+                 k: int) -> dict:
+    """{scale set: {operating point: descriptors-only held-out mIoU}} (see --scales)."""
+    out: dict = {}
+    for op in ops:
+        name = op.name
+        train = [kept_points(pred, op, p, lab) for p, lab in train_sweeps]
+        test = [kept_points(pred, op, p, lab) for p, lab in test_sweeps]
+        for voxels in scales:
+            key = ",".join(f"{v:g}" for v in voxels)
+            out.setdefault(key, {})[name] = miou = descriptor_miou(train, test, k, voxels, len(pred.seg_classes))
+            print(f"[diagnose] scales {key:8s} {name:5s} ({op.points} points) descriptors-only mIoU {miou:5.1f}",
+                  flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="foundry_core/weights/default_sceneseg.safetensors")
@@ -50,15 +91,29 @@ def main() -> int:
     ap.add_argument("--train-sweeps", type=int, default=24)
     ap.add_argument("--test-sweeps", type=int, default=8)
     ap.add_argument("--k", type=int, default=16, help="LocalShape neighbours")
+    ap.add_argument("--scales", nargs="*", default=None,
+                    help="LocalShape scale sets to compare (e.g. 0 0.1,0.3), see the module docstring")
+    ap.add_argument("--scale-points", default="p2k,p6k,p16k",
+                    help="operating points of the --scales study (from --config)")
     ap.add_argument("--out", default="docs/results/scene_head_diagnosis.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
     cfg = load_config(FinetuneConfig, args.config)
     pred = Predictor.from_checkpoint(args.model, PredictorConfig(preprocess=scene_preprocess(cfg), backend="torch"))
-    op = pred.operating_point(args.operating_point)
     rng = np.random.default_rng(0)
     sensor = LidarSensor()
+    if args.scales:
+        train_sweeps = [sensor.scan(generate_scene((0, i)), pose=(0.0, 0.0, 0.4 * i), rng=np.random.default_rng(i))
+                        for i in range(args.train_sweeps)]
+        scales = [tuple(float(v) for v in s.split(",")) for s in args.scales]
+        ops = [op for op in cfg.operating_points if op.name in args.scale_points.split(",")]
+        study = scales_study(pred, train_sweeps, heldout_sweeps(cfg, args.test_sweeps), scales, ops, args.k)
+        points = {op.name: op.points for op in ops}
+        return write(args.out, {"model_preprocessing": args.model, "points": points, "local_shape_k": args.k,
+                                "train_sweeps": args.train_sweeps, "heldout_sweeps": args.test_sweeps,
+                                "descriptors_only_miou": study, "elapsed_s": time.time() - t0})
+    op = pred.operating_point(args.operating_point)
     train = [sample(pred, op, *sensor.scan(generate_scene((0, i)), pose=(0.0, 0.0, 0.4 * i),
                                            rng=np.random.default_rng(i)), rng, op.points, args.k)
              for i in range(args.train_sweeps)]                      # training scenes 0.. (never the held-out ones)
@@ -86,7 +141,11 @@ def main() -> int:
     result = {"model": args.model, "operating_point": op.name, "points": op.points, "classes": pred.seg_classes,
               "train_sweeps": args.train_sweeps, "heldout_sweeps": args.test_sweeps, "local_shape_k": args.k,
               "rows": rows, "confusion_rows": "ground truth", "elapsed_s": time.time() - t0}
-    out = Path(args.out)
+    return write(args.out, result)
+
+
+def write(path: str, result: dict) -> int:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"[diagnose] -> {out}")

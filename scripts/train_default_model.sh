@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the shipped default model (foundry_core/weights/default_sceneseg.safetensors) from scratch:
 # Point-JEPA teacher on simulated LiDAR scenes -> Foundry-Gate student (s = 16) -> scene segmentation
-# fine-tuning -> the same with the LocalShape head -> model card (docs/model_card.md, held-out accuracy and CPU
+# fine-tuning -> the same with the LocalShape head -> its descriptors at two metric scales -> model card (docs/model_card.md, held-out accuracy and CPU
 # latency per operating point). Every step is resumable (re-run the script after an interruption).
-# ~2 h on 2 CPU cores (step 4 alone ~65 min).
+# ~3 h on 2 CPU cores (steps 4 and 5 ~50 min each).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FOUNDRY_SKIP_ROS=1 bash scripts/install.sh
@@ -11,25 +11,30 @@ PY=.venv/bin/python
 OUT="${OUT:-runs/default_model}"
 step() { echo "[default-model] $*"; }
 if [ ! -f "$OUT/teacher/backbone.safetensors" ]; then
-  step "1/5 pre-training the teacher"
+  step "1/6 pre-training the teacher"
   $PY -m foundry_core pretrain --config config/default_model/teacher.yaml --set run.out_dir="$OUT/teacher" --resume
 fi
 if [ ! -f "$OUT/student/student.safetensors" ]; then
-  step "2/5 distilling the Foundry-Gate student"
+  step "2/6 distilling the Foundry-Gate student"
   $PY -m foundry_core distill --config config/default_model/student.yaml --teacher "$OUT/teacher/backbone.safetensors" \
     --set run.out_dir="$OUT/student" --resume
 fi
 if [ ! -f "$OUT/sceneseg/model.safetensors" ]; then
-  step "3/5 fine-tuning for scene segmentation"
+  step "3/6 fine-tuning for scene segmentation"
   $PY -m foundry_core finetune --config config/default_model/sceneseg.yaml --set init="$OUT/student/student.safetensors" \
     --set run.out_dir="$OUT/sceneseg" --resume
 fi
 if [ ! -f "$OUT/sceneseg_local_shape/model.safetensors" ]; then
-  step "4/5 continuing with the LocalShape head"
+  step "4/6 continuing with the LocalShape head"
   $PY -m foundry_core finetune --config config/default_model/sceneseg_local_shape.yaml \
     --set init="$OUT/sceneseg/model.safetensors" --set run.out_dir="$OUT/sceneseg_local_shape" --resume
 fi
-step "5/5 model card and shipped weights"
-$PY -m foundry_core model-card --model "$OUT/sceneseg_local_shape/model.safetensors" \
-  --config config/default_model/sceneseg_local_shape.yaml \
+if [ ! -f "$OUT/sceneseg_multiscale/model.safetensors" ]; then
+  step "5/6 continuing with LocalShape at 0.1 m and 0.3 m scales"
+  $PY -m foundry_core finetune --config config/default_model/sceneseg_multiscale.yaml \
+    --set init="$OUT/sceneseg_local_shape/model.safetensors" --set run.out_dir="$OUT/sceneseg_multiscale" --resume
+fi
+step "6/6 model card and shipped weights"
+$PY -m foundry_core model-card --model "$OUT/sceneseg_multiscale/model.safetensors" \
+  --config config/default_model/sceneseg_multiscale.yaml \
   --ship foundry_core/weights/default_sceneseg.safetensors --out docs/model_card.md
