@@ -546,7 +546,7 @@ class FoundryNode(Node):
         record = self._stats.frame_done(times.latency_s, control.deadline_s, tokens, budget)
         if result is not None and p["controller_enabled"]:
             with self._lock:
-                P.observe_frame(self._controller, times.latency_s, tokens, point, times.overhead_s)
+                P.observe_frame(self._controller, times.latency_s, tokens, point, times.overhead_beyond_point_s(fr))
         self._pub_report.publish(build_report(
             self._msg.InferenceReport, header, fr, times=times, points_in=decoded.num_points, budget=budget,
             deadline_s=control.deadline_s, record=record, model=self._model, operating_point=point))

@@ -14,7 +14,9 @@ Model.  The latency of point ``i`` is predicted as ``overhead + load * correctio
 ``load`` is a robust exponentially weighted mean of the ratio measured / calibrated, shared by all
 points, so a load step seen on one point moves the predictions of all; ``correction[i]`` (slower, on
 top) holds what is particular to a point (a calibration that was off). ``overhead`` is the part of a
-frame's latency outside the model (decode, queueing, publish) when the caller reports it
+frame's latency that the point does not set (decode, queueing, publish, and the predictor's pre- and
+postprocessing, which grow with the input cloud: the node reports all but tokenize + encode + head,
+the stages ``predictor.calibrate()`` times) when the caller reports it
 (``update(..., overhead_s=...)``): the ratio is then taken on the model's part only, so a fixed
 overhead does not inflate the load seen on a cheap point into an over-prediction of a rich one
 (unreported, it is 0 and the corrections absorb what they can). Spikes are rejected with

@@ -5,6 +5,7 @@ import dataclasses
 import math
 from typing import Any
 
+from foundry_core.runtime.operating_points import POINT_STAGES, point_cost_ms
 from foundry_ros.frame_stats import FrameRecord
 from foundry_ros.model import ModelInfo
 from foundry_ros.msg_values import f32, fill_message, u32
@@ -32,6 +33,15 @@ class StageTimes:
     def overhead_s(self) -> float:
         """The part of :attr:`latency_s` outside the predictor call (queueing, decode, mapping, publish)."""
         return self.latency_s - (self.predicted - self.decoded)
+
+    def overhead_beyond_point_s(self, frame_report: Any | None) -> float:
+        """The part of :attr:`latency_s` its operating point does not set: everything but the
+        predictor's tokenize + encode + head (``point_cost_ms``; pre- and postprocessing grow with
+        the input cloud, not with the point). :attr:`overhead_s` when the report has no timings."""
+        timings = getattr(frame_report, "timings_ms", None) or {}
+        if not any(k in timings for k in POINT_STAGES):
+            return self.overhead_s
+        return self.latency_s - point_cost_ms(timings) / 1e3
 
 
 def fusion_ratio(tokens_in_encoder: int, num_centers: int) -> float:

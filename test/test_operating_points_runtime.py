@@ -120,18 +120,33 @@ def test_calibrate_one_positive_latency_per_point(pred):
         pred.calibrate(repeats=0)
 
 
+def test_calibration_counts_only_the_stages_the_point_sets(pred, monkeypatch):
+    """Pre- and postprocessing (input-size costs, however slow) stay out of a point's cost."""
+    call = type(pred).__call__
+
+    def slow_mapping(self, *a, **kw):
+        res = call(self, *a, **kw)
+        res.report.timings_ms["preprocess"] += 500.0
+        res.report.timings_ms["postprocess"] += 500.0
+        return res
+
+    monkeypatch.setattr(type(pred), "__call__", slow_mapping)
+    lat = pred.calibrate(repeats=1)
+    assert all(0.0 < v < 500.0 for v in lat.values()), lat
+
+
 def test_a_stall_during_calibration_does_not_make_a_cheap_point_dear(pred, monkeypatch):
-    """The cheapest point's samples are slowed by a stall (as right after start-up): its cost is
-    capped at the next point's, so the controller still uses it."""
-    import time
+    """The cheapest point's samples are slowed by a stall in the encoder (as right after start-up):
+    its cost is capped at the next point's, so the controller still uses it."""
     call = type(pred).__call__
     slowed = {"n": 0}
 
     def stalled(self, points, *a, operating_point=None, **kw):
+        res = call(self, points, *a, operating_point=operating_point, **kw)
         if getattr(operating_point, "name", operating_point) == "low" and slowed["n"] < 4:
             slowed["n"] += 1
-            time.sleep(0.3)
-        return call(self, points, *a, operating_point=operating_point, **kw)
+            res.report.timings_ms["encode"] += 300.0
+        return res
 
     monkeypatch.setattr(type(pred), "__call__", stalled)
     lat = pred.calibrate(repeats=3)

@@ -58,6 +58,13 @@ def test_stage_times_add_the_node_and_the_predictor_parts():
     assert TIMES.overhead_s == pytest.approx(0.025 - 0.017)  # all but decoded -> predicted
 
 
+def test_the_controller_overhead_holds_everything_the_operating_point_does_not_set():
+    """Pre- and postprocessing grow with the input cloud, not with the point: they count as overhead."""
+    assert TIMES.overhead_beyond_point_s(frame_report()) == pytest.approx(0.025 - (4.0 + 9.0 + 1.5) / 1e3)
+    assert TIMES.overhead_beyond_point_s(None) == pytest.approx(TIMES.overhead_s)   # no predictor call
+    assert TIMES.overhead_beyond_point_s(frame_report(timings_ms={})) == pytest.approx(TIMES.overhead_s)
+
+
 def test_fields_without_a_prediction():
     f = fields(None, points_in=0)
     assert (f["tokens_in_encoder"], f["num_centers"], f["points_used"], f["points_unlabelled"]) == (0, 0, 0, 0)

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)              # of max_points / max_centers, cheapest first
 DEFAULT_NAMES = ("eighth", "quarter", "half", "full")
+# Stages of a Predictor call whose cost the operating point sets. Preprocess (crop and cap over the N
+# input points) and postprocess (labels mapped back to every input point) grow with the input cloud,
+# not with the point: a controller counts them with the rest of the frame's overhead.
+POINT_STAGES = ("tokenize", "encode", "head")
 
 
 def to_meta(points: Sequence[OperatingPoint]) -> list[dict]:
@@ -92,6 +96,12 @@ def operating_points_of(meta: dict, pre: PreprocessConfig, backbone: Any) -> lis
     points = from_meta(items)
     check_order(points)
     return [fit_to_backbone(op, backbone) for op in points]
+
+
+def point_cost_ms(timings_ms: dict[str, float]) -> float:
+    """The part of one call's latency (ms) that its operating point sets: the POINT_STAGES of
+    FrameReport.timings_ms (0 for a call that never reached the network)."""
+    return float(sum(float(timings_ms.get(k, 0.0)) for k in POINT_STAGES))
 
 
 def call_preprocess(pre: PreprocessConfig, op: OperatingPoint | None) -> PreprocessConfig:

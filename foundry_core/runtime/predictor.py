@@ -54,7 +54,8 @@ from ..models.io import load_task_model
 from ..typed_yaml import ConfigError, from_dict
 from .backends import (BACKENDS, BackendChoice, load_onnxruntime, load_tensorrt, load_torch_cuda,
                        onnxruntime_backend_name, rungs_for, select_backend)
-from .operating_points import call_preprocess, fit_to_backbone, operating_points_of, sweep_extent, synthetic_sweep
+from .operating_points import (call_preprocess, fit_to_backbone, operating_points_of, point_cost_ms, sweep_extent,
+                               synthetic_sweep)
 from .postprocess import postprocess
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .runners import GraphRunner, TorchRunner
@@ -342,8 +343,11 @@ class Predictor:
         return {"category": 0} if getattr(self.head, "category", None) is not None else {}
 
     def calibrate(self, cloud: np.ndarray | None = None, repeats: int = 3) -> dict[str, float]:
-        """Median total latency in ms of every operating point (name -> ms, cheapest first) on `cloud`
-        (N, 3+F) or a synthetic sweep-like cloud of the top point's size, after one warm-up call each.
+        """Median cost in ms of every operating point (name -> ms, cheapest first) on `cloud` (N, 3+F)
+        or a synthetic sweep-like cloud of the top point's size, after one warm-up call each. The cost
+        is the part of a call the point sets (operating_points.point_cost_ms: tokenize + encode +
+        head); pre- and postprocessing grow with the input cloud whatever the point, so a caller
+        measures them on its real clouds (the node counts them with its overhead).
         The repeats run round-robin over the points, so a machine stall (0.3-1.7 s here) lands on
         one sample of several points instead of every sample of one; a point measured dearer than a
         richer one is given the richer one's cost (it cannot cost more)."""
@@ -359,7 +363,7 @@ class Predictor:
         samples = {op.name: [] for op in ops}
         for _ in range(repeats):
             for op in ops:
-                samples[op.name].append(self(cloud, operating_point=op, **kw).report.timings_ms["total"])
+                samples[op.name].append(point_cost_ms(self(cloud, operating_point=op, **kw).report.timings_ms))
         out, ceiling = {}, math.inf
         for op in reversed(ops):                      # richest first: costs never rise towards cheaper points
             ceiling = min(ceiling, float(np.median(samples[op.name])))
