@@ -212,8 +212,14 @@ class FinetuneConfig:
     # compute range of the model (scene models): each training batch runs at one of these points
     # (points subsampled from data.num_points, c centers, budget); empty = the fixed model.num_groups
     operating_points: list[OperatingPoint] = field(default_factory=list)
+    # with operating points: before every evaluation (so in the exported model too) the BatchNorm
+    # statistics are recomputed over this many training batches, cycling through the points
+    # (train/precise_batchnorm.py); 0: keep the running averages of the last batches
+    bn_recalibration_batches: int = 32
 
     def __post_init__(self) -> None:
+        if self.bn_recalibration_batches < 0:
+            raise ConfigError(f"bn_recalibration_batches must be >= 0 (0: off), got {self.bn_recalibration_batches}")
         if self.init_head and not self.init:
             raise ConfigError("init_head: true needs init (a task model checkpoint)")
         if self.seg_local_shape_k < 0:

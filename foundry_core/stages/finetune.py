@@ -17,6 +17,7 @@ from ..models.build import build_task_model, head_options
 from ..models.heads import TaskModel
 from ..models.io import load_backbone, load_task_model, save_task_model
 from ..metrics import accuracy, confusion, instance_part_miou, mean_iou
+from ..train.precise_batchnorm import recompute_batchnorm
 from ..train.trainer import Trainer
 from .common import decay_groups, prepare_run_dir
 
@@ -56,9 +57,10 @@ class SupervisedTask:
     """Trainer plug-in: (label-smoothed) cross-entropy, test metrics as evaluation."""
 
     def __init__(self, cfg: FinetuneConfig, test_set: PointCloudDataset, class_weights: torch.Tensor | None = None,
-                 gated: bool = False):
+                 gated: bool = False, train_set: PointCloudDataset | None = None):
         self.cfg, self.test_set, self.class_weights = cfg, test_set, class_weights
         self.gated = gated                # the backbone takes a token budget (operating points set it)
+        self.train_set = train_set        # the batches BatchNorm statistics are recomputed on (None: not)
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cat = batch.get("category") if self.cfg.task == "partseg" else None
@@ -71,17 +73,18 @@ class SupervisedTask:
         acc = (logits.argmax(-1) == target).float().mean().item() * 100
         return loss, {"acc": acc}
 
-    def operating_point_batch(self, points: torch.Tensor, target: torch.Tensor
-                              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """With operating points: one drawn for the batch (torch RNG, so resume is exact), its number
-        of points subsampled from each cloud (B, N, C) -> (B, P, C) (per-point targets alike), and
-        the backbone's num_centers / budget / fusion_threshold; without: the batch as it is."""
+    def operating_point_batch(self, points: torch.Tensor, target: torch.Tensor, op: OperatingPoint | None = None,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """With operating points: one drawn for the batch (torch RNG, so resume is exact; or `op`), its
+        number of points subsampled from each cloud (B, N, C) -> (B, P, C) (per-point targets alike),
+        and the backbone's num_centers / budget / fusion_threshold; without: the batch as it is."""
         ops = self.cfg.operating_points
         if not ops:
             return points, target, {}
-        op = ops[int(torch.randint(len(ops), (1,)))]
+        if op is None:
+            op = ops[int(torch.randint(len(ops), (1,), generator=generator))]
         if op.points < points.shape[1]:
-            keep = torch.randperm(points.shape[1])[:op.points].to(points.device)
+            keep = torch.randperm(points.shape[1], generator=generator)[:op.points].to(points.device)
             points = points[:, keep]
             target = target[:, keep] if self.cfg.task != "cls" else target
         return points, target, self.compute_of(op)
@@ -97,9 +100,37 @@ class SupervisedTask:
         pass
 
     def evaluate(self, model: TaskModel, epoch: int) -> dict[str, float]:
-        """Test metrics, at the top operating point when the model has a compute range."""
+        """Test metrics, at the top operating point when the model has a compute range (after its
+        BatchNorm statistics are recomputed over every point, recalibrate_batchnorm)."""
+        self.recalibrate_batchnorm(model, epoch)
         compute = self.compute_of(self.cfg.operating_points[-1]) if self.cfg.operating_points else {}
         return evaluate_task(model, self.test_set, self.cfg.task, seed=self.cfg.run.seed, **compute)
+
+    def recalibrate_batchnorm(self, model: TaskModel, epoch: int) -> int:
+        """With operating points and a training set: BatchNorm statistics averaged over
+        cfg.bn_recalibration_batches training batches, the points taken in turn (a generator of its
+        own: the training RNG stream is untouched); returns the batches used."""
+        ops, n = self.cfg.operating_points, self.cfg.bn_recalibration_batches
+        if not ops or not n or self.train_set is None or len(self.train_set) == 0:
+            return 0
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 1000 + epoch)
+        loader = DataLoader(self.train_set, batch_size=self.cfg.optim.batch_size, shuffle=True, generator=gen)
+
+        def batches():
+            while True:                     # as many passes as n batches need
+                yield from loader
+
+        turn = iter(range(n))
+
+        def forward(net: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+            op = ops[next(turn) % len(ops)]
+            target = batch["label"] if self.cfg.task == "cls" else batch["seg"]
+            points, _, compute = self.operating_point_batch(batch["points"], target, op=op, generator=gen)
+            cat = batch.get("category") if self.cfg.task == "partseg" else None
+            net(points.to(device), None if cat is None else cat.to(device), generator=gen, **compute)
+
+        return recompute_batchnorm(model, batches(), forward, n)
 
     def param_groups(self, model: TaskModel) -> list[dict]:
         o = self.cfg.optim
@@ -160,7 +191,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     if cfg.init_head:
         continue_head(model, cfg, train_set.shapes)
     task = SupervisedTask(cfg, test_set, segmentation_class_weights(cfg, train_set.shapes),
-                          gated=backbone.budget_adjustable)
+                          gated=backbone.budget_adjustable, train_set=train_set)
     trainer = Trainer(cfg.run, cfg.optim, model, task, train_set, stage=f"finetune_{cfg.task}", config=to_dict(cfg))
     history = trainer.fit(resume=resume)
     final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
