@@ -4,8 +4,8 @@ A scene model is trained with one operating point drawn per batch (points, cente
 from batch to batch), and its BatchNorm running statistics are an exponential average (momentum 0.1)
 of the last ~10 batches: whichever points those happened to be. Evaluated or exported at an epoch's
 end, the statistics then fit a few points and not the others (measured on the step-5 scene model at
-epoch 8: held-out mIoU 34.1 / 32.7 / 32.8 % at p1k / p4k / p16k as trained, 49.8 / 52.5 / 50.0 % after
-recomputing them over 24 batches covering every point).
+epoch 8: test-split mIoU 34.1 / 32.7 / 32.8 % at p1k / p4k / p16k as trained, 49.4 / 51.7 / 49.0 % after
+recomputing them over 32 batches covering every point, docs/results/precise_batchnorm.json).
 
 recompute_batchnorm runs `forward` over a fixed number of batches in the forward the statistics are
 meant for, the training one (every module in training mode: BatchNorms unfolded, as the gate and the
