@@ -212,6 +212,9 @@ class FinetuneConfig:
     # compute range of the model (scene models): each training batch runs at one of these points
     # (points subsampled from data.num_points, c centers, budget); empty = the fixed model.num_groups
     operating_points: list[OperatingPoint] = field(default_factory=list)
+    # relative frequency of each operating point among the training batches (one per point, > 0);
+    # empty = uniform
+    operating_point_weights: list[float] = field(default_factory=list)
     # with operating points: before every evaluation (so in the exported model too) the BatchNorm
     # statistics are recomputed over this many training batches, cycling through the points
     # (train/precise_batchnorm.py); 0: keep the running averages of the last batches
@@ -229,6 +232,10 @@ class FinetuneConfig:
                               f"themselves), got {self.seg_local_shape_voxels}")
         if len(self.seg_hidden) != 2 or min(self.seg_hidden) < 1:
             raise ConfigError(f"seg_hidden must be two widths >= 1, got {self.seg_hidden}")
+        if self.operating_point_weights and (len(self.operating_point_weights) != len(self.operating_points)
+                                             or min(self.operating_point_weights) <= 0):
+            raise ConfigError(f"operating_point_weights must be one weight > 0 per operating point "
+                              f"({len(self.operating_points)}), got {self.operating_point_weights}")
         names = [op.name for op in self.operating_points]
         if len(set(names)) != len(names):
             raise ConfigError(f"operating_points: names must be unique, got {names}")

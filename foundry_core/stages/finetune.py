@@ -75,13 +75,17 @@ class SupervisedTask:
 
     def operating_point_batch(self, points: torch.Tensor, target: torch.Tensor, op: OperatingPoint | None = None,
                               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """With operating points: one drawn for the batch (torch RNG, so resume is exact; or `op`), its
+        """With operating points: one drawn for the batch (torch RNG, so resume is exact; weighted by
+        cfg.operating_point_weights when given; or `op`), its
         number of points subsampled from each cloud (B, N, C) -> (B, P, C) (per-point targets alike),
         and the backbone's num_centers / budget / fusion_threshold; without: the batch as it is."""
         ops = self.cfg.operating_points
         if not ops:
             return points, target, {}
-        if op is None:
+        if op is None and self.cfg.operating_point_weights:
+            w = torch.tensor(self.cfg.operating_point_weights, dtype=torch.float64)
+            op = ops[int(torch.multinomial(w, 1, generator=generator))]
+        elif op is None:
             op = ops[int(torch.randint(len(ops), (1,), generator=generator))]
         if op.points < points.shape[1]:
             keep = torch.randperm(points.shape[1], generator=generator)[:op.points].to(points.device)
