@@ -103,9 +103,9 @@ def main() -> int:
     pred = Predictor.from_checkpoint(args.model, PredictorConfig(preprocess=scene_preprocess(cfg), backend="torch"))
     rng = np.random.default_rng(0)
     sensor = LidarSensor()
+    train_sweeps = [sensor.scan(generate_scene((0, i)), pose=(0.0, 0.0, 0.4 * i), rng=np.random.default_rng(i))
+                    for i in range(args.train_sweeps)]               # training scenes 0.. (never the held-out ones)
     if args.scales:
-        train_sweeps = [sensor.scan(generate_scene((0, i)), pose=(0.0, 0.0, 0.4 * i), rng=np.random.default_rng(i))
-                        for i in range(args.train_sweeps)]
         scales = [tuple(float(v) for v in s.split(",")) for s in args.scales]
         ops = [op for op in cfg.operating_points if op.name in args.scale_points.split(",")]
         study = scales_study(pred, train_sweeps, heldout_sweeps(cfg, args.test_sweeps), scales, ops, args.k)
@@ -114,9 +114,7 @@ def main() -> int:
                                 "train_sweeps": args.train_sweeps, "heldout_sweeps": args.test_sweeps,
                                 "descriptors_only_miou": study, "elapsed_s": time.time() - t0})
     op = pred.operating_point(args.operating_point)
-    train = [sample(pred, op, *sensor.scan(generate_scene((0, i)), pose=(0.0, 0.0, 0.4 * i),
-                                           rng=np.random.default_rng(i)), rng, op.points, args.k)
-             for i in range(args.train_sweeps)]                      # training scenes 0.. (never the held-out ones)
+    train = [sample(pred, op, pts, lab, rng, op.points, args.k) for pts, lab in train_sweeps]
     test = [sample(pred, op, p, lab, rng, op.points, args.k) for p, lab in heldout_sweeps(cfg, args.test_sweeps)]
     k = len(pred.seg_classes)
     onehot = np.eye(k)

@@ -62,9 +62,13 @@ class SupervisedTask:
         self.gated = gated                # the backbone takes a token budget (operating points set it)
         self.train_set = train_set        # the batches BatchNorm statistics are recomputed on (None: not)
 
-    def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        cat = batch.get("category") if self.cfg.task == "partseg" else None
+    def target_and_category(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's targets (labels, or per-point seg labels) and object categories (partseg only)."""
         target = batch["label"] if self.cfg.task == "cls" else batch["seg"]
+        return target, (batch.get("category") if self.cfg.task == "partseg" else None)
+
+    def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        target, cat = self.target_and_category(batch)
         points, target, compute = self.operating_point_batch(batch["points"], target)
         logits = net(points, cat, **compute)
         w = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
@@ -129,9 +133,8 @@ class SupervisedTask:
 
         def forward(net: nn.Module, batch: dict[str, torch.Tensor]) -> None:
             op = ops[next(turn) % len(ops)]
-            target = batch["label"] if self.cfg.task == "cls" else batch["seg"]
+            target, cat = self.target_and_category(batch)
             points, _, compute = self.operating_point_batch(batch["points"], target, op=op, generator=gen)
-            cat = batch.get("category") if self.cfg.task == "partseg" else None
             net(points.to(device), None if cat is None else cat.to(device), generator=gen, **compute)
 
         return recompute_batchnorm(model, batches(), forward, n)
