@@ -16,6 +16,13 @@ def rotation_about(axis: int, angle: float) -> np.ndarray:
     return R
 
 
+def rotation_about_vector(axis: np.ndarray, angle: float) -> np.ndarray:
+    """3x3 right-handed rotation by `angle` about the unit vector `axis` (Rodrigues)."""
+    x, y, z = (float(v) for v in axis)
+    K = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
+
+
 def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
     """One int64 key per point identifying its voxel (xyz (M, 3) finite)."""
     q = np.floor(xyz.astype(np.float64) / voxel)

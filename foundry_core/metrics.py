@@ -43,3 +43,20 @@ def instance_part_miou(pred: np.ndarray, target: np.ndarray, parts_of_shape: lis
             ious.append(1.0 if union == 0 else np.logical_and(p == part, t == part).sum() / union)
         scores.append(np.mean(ious))
     return 100.0 * float(np.mean(scores)) if scores else float("nan")
+
+
+def ground_consistency(xyz: np.ndarray, labels: np.ndarray, ground: int, radius: float = 12.0,
+                       low: float = 0.15, high: float = 0.8) -> tuple[float, float]:
+    """Label-free check of a LiDAR sweep's ground labels (real sweeps have no labels): among the
+    labelled finite points within `radius` (m, horizontal) of the sensor, z0 = the 10th percentile of
+    their heights (the road surface). Returns (% of the points below z0 + low labelled ground,
+    % of the points above z0 + high not labelled ground). xyz (N, 3), labels (N,) (-1 = unlabelled)."""
+    ok = (labels >= 0) & np.isfinite(xyz).all(1)
+    xyz, labels = xyz[ok], labels[ok]
+    near = np.hypot(xyz[:, 0], xyz[:, 1]) < radius
+    if not near.any():
+        return float("nan"), float("nan")
+    z0 = np.percentile(xyz[near, 2], 10)
+    is_low, is_high = near & (xyz[:, 2] < z0 + low), near & (xyz[:, 2] > z0 + high)
+    return (100.0 * float((labels[is_low] == ground).mean()) if is_low.any() else float("nan"),
+            100.0 * float((labels[is_high] != ground).mean()) if is_high.any() else float("nan"))

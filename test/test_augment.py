@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from foundry_core.data.augment import (AUGMENTATION_NAMES, Compose, Jitter, NormalizeUnitSphere, PointDropout,
-                                       RandomMirror, RandomRotateUp, RandomScale, build_augmentation)
+from foundry_core.data.augment import (AUGMENTATION_NAMES, BeamJitter, Compose, Jitter, NormalizeUnitSphere,
+                                       PointDropout, RandomMirror, RandomRotateUp, RandomScale, RandomTilt,
+                                       TerrainWarp, build_augmentation)
 from foundry_core.data.point_dataset import PointCloudDataset
 from foundry_core.data.shapeset import ShapeSet
 
@@ -106,6 +107,62 @@ def test_normalize_unit_sphere():
     assert np.linalg.norm(q[:, :3], axis=1).max() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_array_equal(q[:, 3:], p[:, 3:])
 
+
+
+def _floor(n=4000, seed=0, height=-1.0):
+    """A flat floor z = height around a sensor at the origin, (N, 3)."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-20, 20, size=(n, 2))
+    return np.concatenate([xy, np.full((n, 1), height)], axis=1).astype(np.float32)
+
+
+def test_tilt_is_a_rotation_about_a_horizontal_axis_within_the_bound():
+    p = _sphere_with_normals()
+    p = np.concatenate([p[:, :3] * 5, p[:, 3:]], axis=1).astype(np.float32)
+    a, _ = RandomTilt(max_deg=4.0, normals=True)(p, np.random.default_rng(1))
+    np.testing.assert_allclose(np.linalg.norm(a[:, :3], axis=1), np.linalg.norm(p[:, :3], axis=1), rtol=1e-5)
+    np.testing.assert_allclose(a[:, 3:6], a[:, :3] / 5, atol=1e-5)          # normals turn with the points
+    floor, _ = RandomTilt(max_deg=4.0)(_floor(), np.random.default_rng(2))
+    normal = np.linalg.svd(floor - floor.mean(0))[2][2]                   # the tilted floor's normal
+    angle = math.degrees(math.acos(abs(normal[2])))
+    assert 0.0 < angle <= 4.0 + 1e-6
+    assert np.ptp(floor[:, 2]) > 0.1                                      # no longer level
+
+
+def test_terrain_warp_moves_only_z_smoothly_and_boundedly():
+    f = _floor()
+    a, seg = TerrainWarp(max_amp=0.12, waves=3)(f, np.random.default_rng(3), np.arange(len(f)))
+    np.testing.assert_array_equal(a[:, :2], f[:, :2])
+    np.testing.assert_array_equal(seg, np.arange(len(f)))
+    dz = a[:, 2] - f[:, 2]
+    assert np.abs(dz).max() <= 3 * 0.12 + 1e-6 and dz.std() > 0.005
+    order = np.argsort(f[:, 0])                                           # smooth: nearby points move alike
+    close = np.hypot(*(f[order][1:, :2] - f[order][:-1, :2]).T) < 0.05
+    assert np.abs(np.diff(dz[order]))[close].max() < 0.05
+
+
+def test_beam_jitter_shifts_each_beam_by_one_elevation_offset():
+    elev = np.radians(np.repeat([-20.2, -10.2, -5.0], 500))                # three beams (0.4 deg bins)
+    az = np.random.default_rng(0).uniform(0, 2 * np.pi, len(elev))
+    r = np.random.default_rng(1).uniform(2, 30, len(elev))
+    p = np.stack([r * np.cos(elev) * np.cos(az), r * np.cos(elev) * np.sin(az), r * np.sin(elev)], 1).astype(np.float32)
+    a, _ = BeamJitter(max_sigma_deg=0.5)(p, np.random.default_rng(4))
+    np.testing.assert_array_equal(a[:, :2], p[:, :2])
+    new_el = np.degrees(np.arctan2(a[:, 2], np.hypot(a[:, 0], a[:, 1])))
+    shift = np.tan(np.radians(new_el)) - np.tan(elev)                     # = tan(offset) per beam
+    per_beam = shift.reshape(3, 500)
+    np.testing.assert_allclose(per_beam, per_beam[:, :1].repeat(500, 1), atol=1e-5)
+    assert np.abs(per_beam[:, 0]).max() > 0
+
+
+def test_sim_to_real_augmentations_by_name_and_bad_parameters():
+    assert {"tilt", "terrain", "beam_jitter"} <= set(AUGMENTATION_NAMES)
+    with pytest.raises(ValueError):
+        RandomTilt(max_deg=-1)
+    with pytest.raises(ValueError):
+        TerrainWarp(wavelength=(5.0, 2.0))
+    with pytest.raises(ValueError):
+        BeamJitter(beam_deg=0)
 
 def test_compose_reproducible_and_pure():
     p = _cloud()

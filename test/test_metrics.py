@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from foundry_core.metrics import accuracy, class_mean_accuracy, confusion, instance_part_miou, mean_iou
+from foundry_core.metrics import (accuracy, class_mean_accuracy, confusion, ground_consistency, instance_part_miou,
+                                  mean_iou)
 
 
 def test_accuracy():
@@ -78,3 +79,19 @@ def test_instance_part_miou_wrong_part_gets_zero():
     pred = np.array([[1, 1]])
     target = np.array([[0, 0]])
     assert instance_part_miou(pred, target, [np.array([0, 1])]) == pytest.approx(0.0)
+
+
+def test_ground_consistency_on_a_road_with_a_car_and_far_points():
+    rng = np.random.default_rng(0)
+    road = np.c_[rng.uniform(-10, 10, (900, 2)), np.full(900, -1.7)]
+    car = np.c_[rng.uniform(3, 5, (100, 2)), rng.uniform(-0.6, 0.0, 100)]       # 1.1..1.7 m above the road
+    far = np.c_[rng.uniform(30, 40, (50, 2)), np.full(50, 5.0)]                   # outside the radius: ignored
+    xyz = np.concatenate([road, car, far])
+    labels = np.r_[np.zeros(900, int), np.ones(100, int), np.zeros(50, int)]
+    assert ground_consistency(xyz, labels, ground=0) == (100.0, 100.0)
+    labels[:450] = 3                                                             # half the road called clutter
+    labels[900:950] = 0                                                          # half the car called ground
+    road_ok, high_ok = ground_consistency(xyz, labels, ground=0)
+    assert road_ok == pytest.approx(50.0) and high_ok == pytest.approx(50.0)
+    labels[:] = -1                                                               # nothing labelled
+    assert all(math.isnan(v) for v in ground_consistency(xyz, labels, ground=0))

@@ -205,3 +205,19 @@ def test_sim_scenes_through_load_splits():
     tr, te = load_splits(DataConfig(source="sim_scenes", split="loader", options={**opts, "test_scenes": 2}))
     assert len(tr) == 5 and len(te) == 2
     assert not any(np.array_equal(te.points[0], p) for p in tr.points)
+
+
+def test_scene_set_with_several_lidars_draws_one_per_capture():
+    """lidar as a list: each capture comes from one of the sensors (beam count shows in the point count
+    and ground height in the sensor frame shows the mount), and the draw is reproducible."""
+    sensors = [{"beams": 8, "azimuth_samples": 256, "mount_height": 1.0},
+               {"beams": 24, "azimuth_samples": 256, "mount_height": 1.7}]
+    a = generate_scene_set(12, seed=3, points_per_cloud=None, crop=50.0, lidar=sensors)
+    b = generate_scene_set(12, seed=3, points_per_cloud=None, crop=50.0, lidar=sensors)
+    heights = set()
+    for pa, pb, seg in zip(a.points, b.points, a.seg):
+        np.testing.assert_array_equal(pa, pb)
+        heights.add(round(-float(np.median(pa[seg == 0, 2])), 1))
+    assert heights == {1.0, 1.7}
+    with pytest.raises(ValueError):
+        generate_scene_set(1, lidar=[])

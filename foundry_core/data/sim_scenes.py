@@ -10,6 +10,8 @@ level, z-up frame: ``frame="sensor"`` puts the origin at the sensor (for the LiD
 its output frame; depth-camera points are rotated out of the optical frame, pitch removed),
 ``frame="base"`` on the ground below it.  Each capture is cropped to |x|, |y| <= crop and, with
 points_per_cloud, randomly subsampled to at most that many points.  Cloud labels are 0 ("scene").
+``lidar`` may be a list of LiDAR configs (beams, field of view, mount height of different sensors):
+each LiDAR capture then uses one of them, drawn uniformly.
 
 In a training YAML:  data: {source: sim_scenes, options: {num_scenes: 200, sensor: lidar}, with_seg: true}
 """
@@ -71,7 +73,7 @@ def _capture(kind: str, lidar: LidarSensor, cam: DepthCamera, scene, pose, rng, 
 def generate_scene_set(num_scenes: int = 200, seed: int = 0, sensor: str = "lidar",
                        points_per_cloud: int | None = 16384, captures_per_scene: int = 1,
                        crop: float = 12.0, frame: str = "sensor", intensity: bool = False,
-                       first_scene: int = 0, lidar: LidarConfig | dict | None = None,
+                       first_scene: int = 0, lidar: LidarConfig | dict | list | None = None,
                        depth: DepthCameraConfig | dict | None = None,
                        scene: SceneConfig | dict | None = None) -> ShapeSet:
     """num_scenes * captures_per_scene labelled clouds of scenes first_scene .. first_scene+num_scenes-1.
@@ -87,7 +89,9 @@ def generate_scene_set(num_scenes: int = 200, seed: int = 0, sensor: str = "lida
     if points_per_cloud is not None and points_per_cloud < 1:
         raise ValueError("sim_scenes: points_per_cloud must be >= 1 or None")
     scene_cfg = _config(SceneConfig, scene)
-    lidar_s = LidarSensor(_config(LidarConfig, lidar))
+    lidars = [LidarSensor(_config(LidarConfig, c)) for c in (lidar if isinstance(lidar, (list, tuple)) else [lidar])]
+    if not lidars:
+        raise ValueError("sim_scenes: lidar needs at least one config")
     cam = DepthCamera(_config(DepthCameraConfig, depth))
     pose_radius = 0.6 * scene_cfg.free_radius
     points, segs, kinds, poses = [], [], [], []
@@ -98,6 +102,7 @@ def generate_scene_set(num_scenes: int = 200, seed: int = 0, sensor: str = "lida
             kind = sensor if sensor != "mixed" else ("lidar", "depth")[int(rng.integers(2))]
             r, a = pose_radius * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
             pose = (r * math.cos(a), r * math.sin(a), rng.uniform(-math.pi, math.pi))
+            lidar_s = lidars[int(rng.integers(len(lidars)))] if len(lidars) > 1 else lidars[0]
             pts, seg = _capture(kind, lidar_s, cam, sc, pose, rng, frame, intensity)
             keep = np.flatnonzero((np.abs(pts[:, 0]) <= crop) & (np.abs(pts[:, 1]) <= crop))
             if points_per_cloud is not None and keep.size > points_per_cloud:

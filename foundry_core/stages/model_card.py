@@ -32,12 +32,13 @@ def scene_preprocess(cfg: FinetuneConfig) -> PreprocessConfig:
                             min_centers=max(8, c // 4), max_centers=c, points_per_center=n / c)
 
 
-def heldout_sweeps(cfg: FinetuneConfig, count: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Full LiDAR sweeps (N, 4) + labels of scenes the training never saw (after the test split's)."""
+def heldout_sweeps(cfg: FinetuneConfig, count: int = 16, lidar=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Full LiDAR sweeps (N, 4) + labels of scenes the training never saw (after the test split's),
+    captured by the default LiDAR or by `lidar` (a LidarConfig)."""
     from ..sim import LidarSensor, generate_scene
     opts = cfg.data.options
     first = int(opts.get("num_scenes", 200)) + int(opts.get("test_scenes", 0) or 0) + 1000
-    sensor = LidarSensor()
+    sensor = LidarSensor() if lidar is None else LidarSensor(lidar)
     out = []
     for i in range(count):
         scene = generate_scene((int(opts.get("seed", 0)), first + i))
