@@ -270,6 +270,7 @@ class StudentTokenizerConfig:
     kind: Literal["teacher", "compact"] = "teacher"
     widths: list[int] = field(default_factory=lambda: [64, 128, 256])   # h1, h2 (local MLP), h3 (group MLP)
     group_points: int | None = None     # read the k' nearest points of each group; None = all k
+    scale_free: bool = False            # groups at unit radius + log radius as an input (one code per density)
     token_loss_weight: float = 1.0      # weight of the token-level loss (kind compact)
     init_epochs: int = 0                # epochs of tokenizer-only distillation before the main loop
     init_lr: float = 1e-3
@@ -303,7 +304,8 @@ class StudentTokenizerConfig:
         """PointTokenizer's `pointnet` argument (None: the teacher's mini-PointNet)."""
         if self.kind == "teacher":
             return None
-        return {"kind": self.kind, "widths": list(self.widths), "group_points": self.group_points}
+        spec = {"kind": self.kind, "widths": list(self.widths), "group_points": self.group_points}
+        return {**spec, "scale_free": True} if self.scale_free else spec
 
 
 @dataclass

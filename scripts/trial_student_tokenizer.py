@@ -5,6 +5,7 @@ tasks of config/distill_tables_infomr.yaml with the same frozen-backbone probes 
 
     .venv/bin/python scripts/trial_student_tokenizer.py [--seeds 0] [--init-epochs 2]
         [--init-data-task mosd_seg --init-data-repeats 8]     # + scene-density groups in the tokenizer init
+        [--freeze-after-init] [--scale-free]                   # tokenizer fixed after init; unit-radius groups
         -> docs/results/distill_trials/student_tokenizer.json
 
 The teacher run of the config is reused when complete (else pre-trained first, ~25 min on 2 cores).
@@ -44,6 +45,8 @@ def main() -> int:
     ap.add_argument("--init-data-repeats", type=int, default=1, help="passes over those clouds per init epoch")
     ap.add_argument("--freeze-after-init", action="store_true",
                     help="the main distillation loop keeps the initialised tokenizer fixed")
+    ap.add_argument("--scale-free", action="store_true",
+                    help="the student tokenizer sees each group at unit radius, with log radius as an input")
     ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
     ap.add_argument("--output", default="", help="default docs/results/distill_trials/student_tokenizer<tag>.json")
     args = ap.parse_args()
@@ -56,7 +59,8 @@ def main() -> int:
     tok_cfg = StudentTokenizerConfig(kind="compact", widths=list(args.widths), init_epochs=args.init_epochs,
                                      token_loss_weight=args.token_loss_weight,
                                      init_group_scale=list(args.init_group_scale) if args.init_group_scale else None,
-                                     init_data=init_data(cfg, args), freeze_after_init=args.freeze_after_init)
+                                     init_data=init_data(cfg, args), freeze_after_init=args.freeze_after_init,
+                                     scale_free=args.scale_free)
     variants = {"teacher_tokenizer": StudentTokenizerConfig(), "student_tokenizer": tok_cfg}
     result: dict = {"config": args.config, "teacher": teacher_path, "supertokens": args.supertokens,
                     "student_tokenizer": to_dict(tok_cfg), "seeds": args.seeds, "scores": {}, "price_points": {},
@@ -129,6 +133,8 @@ def variant_tag(args) -> str:
         tag += f"_scene_init_x{args.init_data_repeats}"
     if args.freeze_after_init:
         tag += "_frozen"
+    if args.scale_free:
+        tag += "_scale_free"
     return tag
 
 

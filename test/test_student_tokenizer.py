@@ -4,6 +4,7 @@ token-level loss (and the tokenizer-only initialisation)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +13,7 @@ import torch
 
 from foundry_core.configs import DistillConfig, StudentTokenizerConfig
 from foundry_core.models.backbone import PointBackbone
-from foundry_core.models.compact_pointnet import CompactPointNet, batchnorm_folding
+from foundry_core.models.compact_pointnet import CompactPointNet, batchnorm_folding, scale_free_groups
 from foundry_core.models.encoder import MappedLayers
 from foundry_core.models.io import load_backbone, load_task_model, save_student
 from foundry_core.models.student import FoundryStudent
@@ -25,6 +26,7 @@ from support.configs import tiny_data, tiny_distill, tiny_model
 from support.exports import export_task_model
 
 COMPACT = {"kind": "compact", "widths": [8, 16, 24], "group_points": None}
+SCALE_FREE = {**COMPACT, "scale_free": True}
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -50,8 +52,9 @@ def _student(s: int = 4, pointnet: dict | None = COMPACT, **kw) -> FoundryStuden
 
 
 @pytest.mark.parametrize("make", [lambda: MiniPointNet(3, 32), lambda: CompactPointNet(3, 32, (8, 16, 24)),
-                                  lambda: CompactPointNet(3, 32, (8, 16, 24), group_points=5)],
-                         ids=["teacher", "compact", "compact_k5"])
+                                  lambda: CompactPointNet(3, 32, (8, 16, 24), group_points=5),
+                                  lambda: CompactPointNet(3, 32, (8, 16, 24), scale_free=True)],
+                         ids=["teacher", "compact", "compact_k5", "compact_scale_free"])
 def test_folded_inference_path_is_the_same_function(make):
     torch.manual_seed(0)
     net = make()
@@ -76,6 +79,22 @@ def test_compact_reads_only_the_nearest_group_points():
     with torch.no_grad():
         torch.testing.assert_close(net(groups), net(far))
         assert not torch.allclose(net(groups), net(groups.flip(2)))
+
+
+def test_scale_free_groups_differ_only_in_the_log_radius_channel():
+    """A group and the same group 3x smaller (a denser cloud) give the same unit-radius offsets; the
+    tokenizer still tells them apart through log r."""
+    torch.manual_seed(0)
+    groups = torch.randn(2, 5, 8, 3) * 0.1
+    a, b = scale_free_groups(groups), scale_free_groups(groups / 3)
+    assert a.shape == (2, 5, 8, 4)
+    torch.testing.assert_close(a[..., :3], b[..., :3])
+    torch.testing.assert_close(a[..., 3] - b[..., 3], torch.full((2, 5, 8), math.log(3.0)))
+    assert float(torch.linalg.vector_norm(a[..., :3], dim=-1).amax()) == pytest.approx(1.0)
+    net = CompactPointNet(3, 16, (8, 8, 8), scale_free=True).eval()
+    with torch.no_grad():
+        assert not torch.allclose(net(groups), net(groups / 3))
+    assert net.spec()["scale_free"] is True and "scale_free" not in CompactPointNet(3, 16).spec()
 
 
 def test_student_tokenizer_is_its_own_and_trainable_with_the_teachers_grouping_and_positions():
@@ -118,13 +137,16 @@ def test_task_model_checkpoint_round_trip_with_the_student_tokenizer(tmp_path):
     model, meta = load_task_model(export_task_model(tmp_path, tokenizer_pointnet=COMPACT))
     assert isinstance(model.backbone.tokenizer.encoder, CompactPointNet)
     assert meta["tokenizer"]["pointnet"] == COMPACT
+    model, meta = load_task_model(export_task_model(tmp_path / "sf", tokenizer_pointnet=SCALE_FREE))
+    assert model.backbone.tokenizer.encoder.scale_free and meta["tokenizer"]["pointnet"] == SCALE_FREE
 
 
-@pytest.fixture(scope="module", params=[("sceneseg", True), ("cls", False)], ids=["sceneseg-gated", "cls"])
+@pytest.fixture(scope="module", params=[("sceneseg", True, COMPACT), ("cls", False, COMPACT),
+                                        ("cls", False, SCALE_FREE)], ids=["sceneseg-gated", "cls", "cls-scale-free"])
 def exported_compact(request, tmp_path_factory):
-    task, gate = request.param
+    task, gate, pointnet = request.param
     d = tmp_path_factory.mktemp(f"compact_{task}")
-    model, _ = load_task_model(export_task_model(d, task=task, tokenizer_pointnet=COMPACT, gate=gate))
+    model, _ = load_task_model(export_task_model(d, task=task, tokenizer_pointnet=pointnet, gate=gate))
     _randomise_batchnorms(model.backbone.tokenizer, seed=3)
     model.eval()
     return model, export_onnx(model, d / "model.onnx")

@@ -12,6 +12,10 @@ max, where it runs once per group instead of once per point:
     m = max_k ReLU(BN(W_f f + W_g g + b))                          per point -> (B, c, h3)
     tokens = Linear(d) . GELU . Linear(h3) (m)                    per group   (B, c, d)
 
+With scale_free, each group is first expressed at unit size: offsets divided by the group's radius r
+(its largest offset norm) and log r appended as one more input channel, so groups of a dense scene
+and of a sparse object (~3x larger) share one shape code and differ only in that channel.
+
 Widths (h1, h2, h3) = (64, 128, 256) cost ~41k multiply-adds a point (~8x fewer). k' =
 group_points reads only the k' nearest points of each group (groups are nearest first), default
 all k. It is trained by distillation (a token-level loss against the teacher tokenizer's output,
@@ -66,6 +70,14 @@ def over_group_chunks(fn: Callable[[torch.Tensor], torch.Tensor], groups: torch.
     return torch.cat([fn(groups[i:i + step]) for i in range(0, groups.shape[0], step)])
 
 
+def scale_free_groups(groups: torch.Tensor) -> torch.Tensor:
+    """groups (B, c, k, 3+F) -> (B, c, k, 3+F+1): xyz offsets / r, the extra channels, log r, with
+    r = the group's largest offset norm (clamped at 1e-6)."""
+    xyz = groups[..., :3]
+    r = torch.linalg.vector_norm(xyz, dim=-1).amax(-1, keepdim=True).clamp_min(1e-6).unsqueeze(-1)  # (B, c, 1, 1)
+    return torch.cat([xyz / r, groups[..., 3:], torch.log(r).expand(*groups.shape[:-1], 1)], dim=-1)
+
+
 @contextlib.contextmanager
 def batchnorm_folding(enabled: bool):
     """Within the block the group encoders fold their BatchNorms at inference iff `enabled`
@@ -82,7 +94,7 @@ class CompactPointNet(nn.Module):
     """groups (B, c, k, C_in) -> tokens (B, c, dim); see the module docstring."""
 
     def __init__(self, in_channels: int, dim: int, widths: tuple[int, int, int] | list[int] = DEFAULT_WIDTHS,
-                 group_points: int | None = None):
+                 group_points: int | None = None, scale_free: bool = False):
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"compact PointNet widths must be three sizes >= 1, got {widths}")
@@ -90,7 +102,9 @@ class CompactPointNet(nn.Module):
             raise ValueError(f"group_points must be >= 1 or None, got {group_points}")
         h1, h2, h3 = (int(w) for w in widths)
         self.in_channels, self.dim, self.widths, self.group_points = in_channels, dim, (h1, h2, h3), group_points
-        self.fc1, self.bn1, self.fc2 = nn.Linear(in_channels, h1), nn.BatchNorm1d(h1), nn.Linear(h1, h2)
+        self.scale_free = bool(scale_free)
+        self.fc1 = nn.Linear(in_channels + int(self.scale_free), h1)
+        self.bn1, self.fc2 = nn.BatchNorm1d(h1), nn.Linear(h1, h2)
         self.fuse, self.bn2 = nn.Linear(2 * h2, h3), nn.BatchNorm1d(h3)   # input [global g | local f]
         self.out = nn.Sequential(nn.Linear(h3, h3), nn.GELU(), nn.Linear(h3, dim))
 
@@ -99,6 +113,8 @@ class CompactPointNet(nn.Module):
             raise ValueError(f"CompactPointNet expects groups (B, c, k, {self.in_channels}), got {tuple(groups.shape)}")
         if self.group_points is not None:
             groups = groups[:, :, :self.group_points]
+        if self.scale_free:
+            groups = scale_free_groups(groups)
         b, c, k, ch = groups.shape
         h2 = self.widths[1]
         if folds(self, self.bn1, self.bn2):
@@ -128,4 +144,5 @@ class CompactPointNet(nn.Module):
 
     def spec(self) -> dict:
         """What rebuilds this module (PointTokenizer's `pointnet` argument)."""
-        return {"kind": "compact", "widths": list(self.widths), "group_points": self.group_points}
+        spec = {"kind": "compact", "widths": list(self.widths), "group_points": self.group_points}
+        return {**spec, "scale_free": True} if self.scale_free else spec
