@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="pre-trained backbone (.safetensors); omit for random initialisation")
     p.add_argument("--resume", action="store_true")
 
+    p = sub.add_parser("batchnorm-bank", help="add BatchNorm statistics per operating point (recomputed on the "
+                       "config's training data) to an exported task model")
+    _config_arg(p, _default("finetune_synthetic.yaml"))
+    p.add_argument("--model", required=True, help="exported task model (model.safetensors)")
+    p.add_argument("--out", required=True, help="where the model with its BatchNorm bank is written")
+
     p = sub.add_parser("distill", help="distill a teacher into a Foundry student (DSO + encoder + CAU, "
                        "optional Foundry-Gate)")
     _config_arg(p, _default("distill_synthetic.yaml"))
@@ -130,6 +136,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .stages.finetune import run_finetune
         overrides = args.overrides + ([f"init={args.init}"] if args.init else [])
         run_finetune(load_config(FinetuneConfig, args.config, overrides), resume=args.resume)
+    elif args.command == "batchnorm-bank":
+        from .stages.finetune import run_batchnorm_bank
+        run_batchnorm_bank(args.model, load_config(FinetuneConfig, args.config, args.overrides), args.out)
     elif args.command == "distill":
         from .configs import DistillConfig
         from .stages.distill import run_distill

@@ -219,8 +219,13 @@ class FinetuneConfig:
     # statistics are recomputed over this many training batches, cycling through the points
     # (train/precise_batchnorm.py); 0: keep the running averages of the last batches
     bn_recalibration_batches: int = 32
+    # the exported model also carries BatchNorm statistics of each operating point on its own batches
+    # (bn_recalibration_batches each; models/batchnorm_bank.py), which the predictor switches to per frame
+    bn_per_operating_point: bool = False
 
     def __post_init__(self) -> None:
+        if self.bn_per_operating_point and (not self.operating_points or not self.bn_recalibration_batches):
+            raise ConfigError("bn_per_operating_point needs operating_points and bn_recalibration_batches > 0")
         if self.bn_recalibration_batches < 0:
             raise ConfigError(f"bn_recalibration_batches must be >= 0 (0: off), got {self.bn_recalibration_batches}")
         if self.init_head and not self.init:

@@ -1,7 +1,7 @@
 """Sim-to-real robustness of scene models, side by side (issue 12): what a real sensor does that the
 simulator's level 32-beam LiDAR over a flat floor does not.
 
-For every model and operating point (torch backend, one process):
+For every model and operating point (torch backend, the config's scene preprocessing, one process):
 
 * held-out simulated sweeps (the model card's scenes) as captured, and under perturbations the
   training never used in this form: the whole sweep tilted by 3 degrees (sensor pitch, slopes), a
@@ -30,7 +30,7 @@ from foundry_core.geometry import rotation_about_vector
 from foundry_core.metrics import confusion, ground_consistency
 from foundry_core.runtime.predictor import Predictor, PredictorConfig
 from foundry_core.sim import LidarConfig
-from foundry_core.stages.model_card import heldout_sweeps
+from foundry_core.stages.model_card import heldout_sweeps, scene_preprocess
 from foundry_core.typed_yaml import load_config
 
 REAL_SCANS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scans"
@@ -130,7 +130,7 @@ def main() -> int:
               "backend": "torch-cpu", "models": {}}
     for spec in args.model:
         name, path = spec.split("=", 1)
-        pred = Predictor.from_checkpoint(path, PredictorConfig(backend="torch"))
+        pred = Predictor.from_checkpoint(path, PredictorConfig(preprocess=scene_preprocess(cfg), backend="torch"))
         nc = len(pred.label_info())
         ground = [li.name for li in pred.label_info()].index("ground")
         rows = {}

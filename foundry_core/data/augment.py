@@ -170,7 +170,7 @@ class RandomTilt(Augmentation):
     otherwise keys on the ground's exact height: 3 degrees of tilt cut simulated ground IoU at 1k
     points from 92 % to 14 %)."""
 
-    def __init__(self, max_deg: float = 4.0, normals: bool = False):
+    def __init__(self, max_deg: float = 2.0, normals: bool = False):
         if not 0 <= max_deg <= 90:
             raise ValueError(f"max_deg must be in [0, 90], got {max_deg}")
         self.max_deg, self.normals = max_deg, normals
@@ -192,7 +192,7 @@ class TerrainWarp(Augmentation):
     headings, wavelengths uniform in `wavelength` (m) and amplitudes uniform in [0, max_amp] (m):
     uneven ground (road camber, ramps, lawns) with the objects standing on it."""
 
-    def __init__(self, max_amp: float = 0.12, wavelength: tuple[float, float] = (4.0, 20.0), waves: int = 3):
+    def __init__(self, max_amp: float = 0.06, wavelength: tuple[float, float] = (6.0, 30.0), waves: int = 3):
         if max_amp < 0 or waves < 1 or not 0 < wavelength[0] <= wavelength[1]:
             raise ValueError("TerrainWarp needs max_amp >= 0, waves >= 1 and 0 < wavelength[0] <= wavelength[1]")
         self.max_amp, self.wavelength, self.waves = max_amp, tuple(wavelength), waves
@@ -216,7 +216,7 @@ class BeamJitter(Augmentation):
     in [0, max_sigma_deg] per cloud (z += horizontal range * tan(offset)).  Real multi-beam sensors
     have such calibration errors; on a flat floor they turn into height steps between rings."""
 
-    def __init__(self, max_sigma_deg: float = 0.15, beam_deg: float = 0.4):
+    def __init__(self, max_sigma_deg: float = 0.08, beam_deg: float = 0.4):
         if max_sigma_deg < 0 or beam_deg <= 0:
             raise ValueError(f"need max_sigma_deg >= 0 and beam_deg > 0, got {max_sigma_deg}, {beam_deg}")
         self.max_sigma_deg, self.beam_deg = max_sigma_deg, beam_deg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batchnorm_bank import BatchNormBank
 from .backbone import Backbone, BackboneOutput, pooled_features
 from .local_shape import LOCAL_SHAPE_DIM, local_shape_batch
 from .sampling import knn
@@ -267,6 +268,7 @@ class TaskModel(nn.Module):
     def __init__(self, backbone: Backbone, head: nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.batchnorm_bank: BatchNormBank | None = None     # BatchNorm statistics per operating point
 
     def forward(self, points: torch.Tensor, category: torch.Tensor | None = None, **compute) -> torch.Tensor:
         """compute: num_centers / budget / fusion_threshold for the backbone (an operating point)."""

@@ -10,6 +10,7 @@ from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_stat
 from ..configs import FinetuneConfig, ModelConfig
 from ..typed_yaml import ConfigError, from_dict, to_dict
 from .backbone import Backbone, PointBackbone
+from .batchnorm_bank import BatchNormBank
 from .build import build_task_model
 from .heads import TaskModel
 
@@ -67,9 +68,14 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backb
 
 def save_task_model(path: str | Path, model: TaskModel, cfg: ModelConfig, task_meta: dict) -> Path:
     """Export backbone + head (TaskModel) with the model config and the task description
-    (a student backbone also records what rebuilds it)."""
+    (a student backbone also records what rebuilds it; a model with a BatchNormBank carries it)."""
     meta = {"kind": "task_model", "model": to_dict(cfg), **task_meta, **model.backbone.rebuild_meta()}
-    return save_checkpoint(path, dict(model.state_dict()), meta)
+    tensors = dict(model.state_dict())
+    bank: BatchNormBank | None = getattr(model, "batchnorm_bank", None)
+    if bank is not None and bank.points:
+        meta["batchnorm_bank"] = bank.points
+        tensors.update(bank.to_tensors())
+    return save_checkpoint(path, tensors, meta)
 
 
 def load_task_model(path: str | Path) -> tuple[TaskModel, dict]:
@@ -89,5 +95,9 @@ def load_task_model(path: str | Path) -> tuple[TaskModel, dict]:
     cfg.model = model_config_of(meta, path)
     shapes = SimpleNamespace(name=str(path), classes=classes, num_classes=len(classes), seg_classes=seg_classes)
     model = build_task_model(cfg, build_backbone(meta, path), shapes)
+    try:
+        tensors, model.batchnorm_bank = BatchNormBank.split(tensors, list(meta.get("batchnorm_bank") or []))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"task model {path}: BatchNorm bank incomplete ({e})") from None
     load_state_strict(model, tensors, f"task model {path}")
     return model.eval(), meta

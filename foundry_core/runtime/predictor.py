@@ -52,6 +52,7 @@ from ..configs import OperatingPoint
 from ..models.heads import TaskModel
 from ..models.io import load_task_model
 from ..typed_yaml import ConfigError, from_dict
+from ..models.batchnorm_bank import BatchNormBank
 from .backends import (BACKENDS, BackendChoice, load_onnxruntime, load_tensorrt, load_torch_cuda,
                        onnxruntime_backend_name, rungs_for, select_backend)
 from .operating_points import (call_preprocess, fit_to_backbone, operating_points_of, point_cost_ms, sweep_extent,
@@ -62,6 +63,7 @@ from .runners import GraphRunner, TorchRunner
 from .types import FrameReport, LabelInfo, NetworkOutput, NonFiniteOutputError, PredictorResult
 
 log = logging.getLogger(__name__)
+SHARED = ""          # the BatchNorm statistics shared by every operating point (the model's own)
 
 
 @dataclass
@@ -167,13 +169,18 @@ class Predictor:
         self.pre_cfg = self._preprocess_config(cfg, meta)
         self.operating_points: list[OperatingPoint] = operating_points_of(meta, self.pre_cfg, self.backbone)
         self._budget_warned = False
+        self.batchnorm_bank: BatchNormBank | None = getattr(model, "batchnorm_bank", None)
+        self._shared_batchnorm = BatchNormBank()
+        self._shared_batchnorm.record(SHARED, self.model)
+        self._statistics = SHARED                       # whose BatchNorm statistics the runner uses now
         self.torch_runner = TorchRunner(self.model, self.device, cfg.head_chunk, cfg.fold_head, cfg.embeddings)
+        self._folded_mlps = {SHARED: self.torch_runner.folded_mlp}
         self.backend_choice = self._select_backend()
         self.backend, graph = self.backend_choice.name, self.backend_choice.runner
         self.runner = self.torch_runner
         if graph is not None:
-            from .export import signature_of
-            self.runner = GraphRunner(self.backbone.tokenizer, graph, signature_of(self.model))
+            self.runner = self._graph_runner(graph)
+        self._graph_runners = {SHARED: self.runner}
         if self.backend == "onnxruntime-cpu":
             self.backend, self.precision = onnxruntime_backend_name(graph), "fp32"
         if self.backend.startswith("torch") and self.device.type != self.backend.split("-")[1]:
@@ -205,35 +212,77 @@ class Predictor:
         return (min([p.min_centers] + [min(p.min_centers, op.centers) for op in ops]),
                 max([p.max_centers] + [op.centers for op in ops]), max([p.max_points] + [op.points for op in ops]))
 
-    def _select_backend(self) -> BackendChoice:
+    def _graph_loaders(self, statistics: str = SHARED) -> dict:
+        """rung -> loader of the exported graph with `statistics`' BatchNorm statistics baked in."""
         lo_c, hi_c, hi_m = self.shape_range()
-        loaders = {"tensorrt": lambda: load_tensorrt(self.model, self.onnx_path, self.cache_dir(),
-                                                     self.precision, self.device, lo_c, hi_c, hi_m),
-                   "torch-cuda": lambda: load_torch_cuda(self.device),
-                   "onnxruntime-cpu": lambda: load_onnxruntime(self.onnx_path, self.device, self.cfg.threads),
+        onnx = lambda: self.onnx_path(statistics)                              # noqa: E731
+        return {"tensorrt": lambda: load_tensorrt(self.model, onnx, self.cache_dir(),
+                                                  self.precision, self.device, lo_c, hi_c, hi_m),
+                "onnxruntime-cpu": lambda: load_onnxruntime(onnx, self.device, self.cfg.threads)}
+
+    def _select_backend(self) -> BackendChoice:
+        loaders = {**self._graph_loaders(), "torch-cuda": lambda: load_torch_cuda(self.device),
                    "torch-cpu": lambda: None}
         return select_backend(rungs_for(self.cfg.backend, self.device.type == "cuda"), loaders,
                               requested=self.cfg.backend)
+
+    def _graph_runner(self, graph) -> GraphRunner:
+        from .export import signature_of
+        return GraphRunner(self.backbone.tokenizer, graph, signature_of(self.model))
+
+    def _use_statistics_of(self, op: OperatingPoint | None) -> None:
+        """Run with the operating point's own BatchNorm statistics when the model's BatchNormBank has
+        them, else with the shared ones: copied into the modules (and the head re-folded, once per
+        point) for PyTorch; exported graphs carry them, one graph per point (made on first use)."""
+        bank = self.batchnorm_bank
+        if bank is None:
+            return
+        name = op.name if op is not None and op.name in bank else SHARED
+        if name == self._statistics:
+            return
+        if self.runner is self.torch_runner:
+            self._apply_statistics(name)
+            if name not in self._folded_mlps:
+                self._folded_mlps[name] = self.head.folded_mlp() if self.cfg.fold_head else None
+            self.torch_runner.folded_mlp = self._folded_mlps[name]
+        else:
+            if name not in self._graph_runners:
+                loader = self._graph_loaders(name)[self.backend_choice.name]
+                self._graph_runners[name] = self._graph_runner(loader())
+            self.runner = self._graph_runners[name]
+        self._statistics = name
+
+    def _apply_statistics(self, name: str) -> None:
+        (self._shared_batchnorm if name == SHARED else self.batchnorm_bank).apply(self.model, name)
 
     def cache_dir(self) -> Path:
         from .export import default_cache_dir
         return default_cache_dir(self.cfg.cache_dir)
 
-    def onnx_path(self) -> Path:
-        """The exported graph: cfg.onnx_path, or the cache's export of this model (made on first use)."""
+    def onnx_path(self, statistics: str = SHARED) -> Path:
+        """The exported graph: cfg.onnx_path, or the cache's export of this model (made on first use)
+        with the BatchNorm statistics of `statistics` (an operating point of the bank, or shared)."""
         from .export import EXPORT_FORMAT_VERSION, export_onnx
         if not self.backbone.exportable:
             raise RuntimeError("token-reduction baselines are not exported (PyTorch only)")
         if self.cfg.onnx_path:
             if not Path(self.cfg.onnx_path).is_file():
                 raise RuntimeError(f"onnx_path {self.cfg.onnx_path} does not exist")
+            if statistics != SHARED:
+                raise RuntimeError(f"onnx_path {self.cfg.onnx_path} is one graph: it cannot carry the "
+                                   f"BatchNorm statistics of operating point {statistics!r}")
             return Path(self.cfg.onnx_path)
         digest = self.model_hash or file_hash(self.cfg.model_path)
-        path = self.cache_dir() / "onnx" / f"{digest}-g{EXPORT_FORMAT_VERSION}-torch{torch.__version__}.onnx"
+        tag = "" if statistics == SHARED else f"-bn-{statistics}"
+        path = self.cache_dir() / "onnx" / f"{digest}{tag}-g{EXPORT_FORMAT_VERSION}-torch{torch.__version__}.onnx"
         if not path.is_file():
-            log.info("exporting the model to ONNX (once per model): %s", path)
-            export_onnx(self.model.cpu(), path)
-            self.model.to(self.device)
+            log.info("exporting the model to ONNX (once per model%s): %s", tag and " and point", path)
+            self._apply_statistics(statistics)
+            try:
+                export_onnx(self.model.cpu(), path)
+            finally:
+                self._apply_statistics(self._statistics)
+                self.model.to(self.device)
         return path
 
     # ------------------------------------------------------------------ construction
@@ -376,6 +425,7 @@ class Predictor:
         """points (N, 3+F) or (H, W, 3+F) -> PredictorResult (see the module docstring)."""
         t0 = time.perf_counter()
         op = self._resolve_operating_point(operating_point)
+        self._use_statistics_of(op)
         pre_cfg = call_preprocess(self.pre_cfg, op)
         cloud = self._model_channels(as_cloud(points))
         pre = preprocess(cloud, pre_cfg, seed=self.cfg.seed)

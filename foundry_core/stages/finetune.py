@@ -2,6 +2,8 @@
 segmentation), from a pre-trained backbone or from random initialisation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from ..data.point_dataset import PointCloudDataset
 from ..data.sources import make_datasets
 from ..models.backbone import PointBackbone
 from ..models.build import build_task_model, head_options
+from ..models.batchnorm_bank import BatchNormBank
 from ..models.heads import TaskModel
 from ..models.io import load_backbone, load_task_model, save_task_model
 from ..metrics import accuracy, confusion, instance_part_miou, mean_iou
@@ -114,11 +117,22 @@ class SupervisedTask:
         compute = self.compute_of(self.cfg.operating_points[-1]) if self.cfg.operating_points else {}
         return evaluate_task(model, self.test_set, self.cfg.task, seed=self.cfg.run.seed, **compute)
 
-    def recalibrate_batchnorm(self, model: TaskModel, epoch: int) -> int:
+    def batchnorm_bank(self, model: TaskModel, epoch: int) -> BatchNormBank:
+        """BatchNorm statistics of every operating point on its own batches (bn_recalibration_batches
+        each, models/batchnorm_bank.py); the model keeps its shared statistics."""
+        shared, bank = BatchNormBank(), BatchNormBank()
+        shared.record("shared", model)
+        for op in self.cfg.operating_points:
+            if self.recalibrate_batchnorm(model, epoch, ops=[op]):
+                bank.record(op.name, model)
+        shared.apply(model, "shared")
+        return bank
+
+    def recalibrate_batchnorm(self, model: TaskModel, epoch: int, ops: list[OperatingPoint] | None = None) -> int:
         """With operating points and a training set: BatchNorm statistics averaged over
-        cfg.bn_recalibration_batches training batches, the points taken in turn (a generator of its
-        own: the training RNG stream is untouched); returns the batches used."""
-        ops, n = self.cfg.operating_points, self.cfg.bn_recalibration_batches
+        cfg.bn_recalibration_batches training batches, the points (`ops`, default all) taken in turn
+        (a generator of its own: the training RNG stream is untouched); returns the batches used."""
+        ops, n = (self.cfg.operating_points if ops is None else ops), self.cfg.bn_recalibration_batches
         if not ops or not n or self.train_set is None or len(self.train_set) == 0:
             return 0
         device = next(model.parameters()).device
@@ -206,7 +220,24 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         meta = {"task": cfg.task, "classes": train_set.shapes.classes, "seg_classes": train_set.shapes.seg_classes,
                 "init": cfg.init, "metrics": final, "head": head_options(cfg),
                 "operating_points": [to_dict(op) for op in cfg.operating_points]}
+        if cfg.bn_per_operating_point:
+            model.batchnorm_bank = task.batchnorm_bank(model, len(history))
         path = save_task_model(out / "model.safetensors", model.cpu(), backbone.cfg, meta)
         print(f"[finetune] {cfg.task} model exported to {path}; " +
               " ".join(f"{k}={v:.2f}" for k, v in final.items()), flush=True)
     return {"history": history, "final": final, "out_dir": str(out)}
+
+
+def run_batchnorm_bank(model_path: str | Path, cfg: FinetuneConfig, out: str | Path) -> Path:
+    """An exported task model plus BatchNorm statistics of each of cfg's operating points, recomputed
+    on that point's batches of cfg's training data (models/batchnorm_bank.py), written to `out`."""
+    if not cfg.operating_points:
+        raise ConfigError("batchnorm-bank needs a config with operating_points")
+    model, meta = load_task_model(model_path)
+    train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
+    task = SupervisedTask(cfg, test_set, gated=model.backbone.budget_adjustable, train_set=train_set)
+    model.batchnorm_bank = task.batchnorm_bank(model, 0)
+    keep = {k: v for k, v in meta.items() if k not in ("kind", "model", "batchnorm_bank")}
+    path = save_task_model(out, model.float(), model.backbone.cfg, keep)
+    print(f"[batchnorm-bank] {path}: statistics for {model.batchnorm_bank.points}", flush=True)
+    return path
