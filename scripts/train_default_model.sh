@@ -11,30 +11,35 @@ PY=.venv/bin/python
 OUT="${OUT:-runs/default_model}"
 step() { echo "[default-model] $*"; }
 if [ ! -f "$OUT/teacher/backbone.safetensors" ]; then
-  step "1/6 pre-training the teacher"
+  step "1/7 pre-training the teacher"
   $PY -m foundry_core pretrain --config config/default_model/teacher.yaml --set run.out_dir="$OUT/teacher" --resume
 fi
 if [ ! -f "$OUT/student/student.safetensors" ]; then
-  step "2/6 distilling the Foundry-Gate student"
+  step "2/7 distilling the Foundry-Gate student"
   $PY -m foundry_core distill --config config/default_model/student.yaml --teacher "$OUT/teacher/backbone.safetensors" \
     --set run.out_dir="$OUT/student" --resume
 fi
 if [ ! -f "$OUT/sceneseg/model.safetensors" ]; then
-  step "3/6 fine-tuning for scene segmentation"
+  step "3/7 fine-tuning for scene segmentation"
   $PY -m foundry_core finetune --config config/default_model/sceneseg.yaml --set init="$OUT/student/student.safetensors" \
     --set run.out_dir="$OUT/sceneseg" --resume
 fi
 if [ ! -f "$OUT/sceneseg_local_shape/model.safetensors" ]; then
-  step "4/6 continuing with the LocalShape head"
+  step "4/7 continuing with the LocalShape head"
   $PY -m foundry_core finetune --config config/default_model/sceneseg_local_shape.yaml \
     --set init="$OUT/sceneseg/model.safetensors" --set run.out_dir="$OUT/sceneseg_local_shape" --resume
 fi
 if [ ! -f "$OUT/sceneseg_multiscale/model.safetensors" ]; then
-  step "5/6 continuing with LocalShape at 0.1 m and 0.3 m scales"
+  step "5/7 continuing with LocalShape at 0.1 m and 0.3 m scales"
   $PY -m foundry_core finetune --config config/default_model/sceneseg_multiscale.yaml \
     --set init="$OUT/sceneseg_local_shape/model.safetensors" --set run.out_dir="$OUT/sceneseg_multiscale" --resume
 fi
-step "6/6 model card and shipped weights"
-$PY -m foundry_core model-card --model "$OUT/sceneseg_multiscale/model.safetensors" \
-  --config config/default_model/sceneseg_multiscale.yaml \
+if [ ! -f "$OUT/sceneseg_robust/model.safetensors" ]; then
+  step "6/7 sim-to-real randomisation (tilt, terrain, beam jitter, three LiDARs), BatchNorm statistics per point"
+  $PY -m foundry_core finetune --config config/default_model/sceneseg_robust.yaml \
+    --set init="$OUT/sceneseg_multiscale/model.safetensors" --set run.out_dir="$OUT/sceneseg_robust" --resume
+fi
+step "7/7 model card and shipped weights"
+$PY -m foundry_core model-card --model "$OUT/sceneseg_robust/model.safetensors" \
+  --config config/default_model/sceneseg_robust.yaml \
   --ship foundry_core/weights/default_sceneseg.safetensors --out docs/model_card.md
