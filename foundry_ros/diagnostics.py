@@ -10,7 +10,18 @@ from foundry_ros.operating_points import OperatingPointController
 from foundry_ros.frame_stats import StatsSnapshot
 from foundry_ros.model import ModelInfo
 
-__all__ = ["diagnostic_values", "control_values", "key_values"]
+__all__ = ["diagnostic_values", "control_values", "key_values", "infeasible_message"]
+
+
+def infeasible_message(controller: BudgetController | OperatingPointController) -> str:
+    """Why the deadline cannot be held ("" when it can, or with a token-budget controller): the
+    cheapest operating point's predicted latency against the deadline."""
+    if not isinstance(controller, OperatingPointController) or controller.deadline_feasible:
+        return ""
+    st = controller.state
+    return (f"deadline {st.deadline_s * 1e3:.0f} ms is below the cheapest operating point ({st.ladder[0]} "
+            f"predicted {st.floor_predicted_latency_s * 1e3:.0f} ms under the measured load): raise deadline_ms, "
+            f"free the CPU, or feed fewer points (preprocess crop / max_range)")
 
 
 def control_values(controller: BudgetController | OperatingPointController, params: Mapping[str, Any]
@@ -26,7 +37,8 @@ def control_values(controller: BudgetController | OperatingPointController, para
                     predicted_latency_ms=controller.predict(point) * 1e3, load_factor=st.load_factor,
                     overhead_ms=st.overhead_s * 1e3,
                     operating_point_switches=st.switches, load_changes=st.load_changes,
-                    operating_points=",".join(controller.ladder))
+                    operating_points=",".join(controller.ladder), deadline_feasible=st.deadline_feasible,
+                    cheapest_predicted_ms=st.floor_predicted_latency_s * 1e3)
     st, cfg = controller.state, controller.config
     return dict(control="token_budget", next_budget=st.budget, min_budget=cfg.min_budget, max_budget=cfg.max_budget,
                 predicted_latency_ms=st.predicted_latency_s * 1e3)
@@ -42,7 +54,8 @@ def diagnostic_values(stats: StatsSnapshot, controller: BudgetController | Opera
             frames=stats.frames, last_over_deadline=stats.last_over_deadline, over_streak=stats.over_streak,
             error_frames=params["diagnostics_error_frames"], predictor_failed=stats.predictor_failed_last,
             decode_errors_recent=stats.decode_errors_recent, incompatible_qos=stats.incompatible_qos,
-            incompatible_qos_recent=stats.incompatible_qos_recent, incompatible_reason=stats.incompatible_reason),
+            incompatible_qos_recent=stats.incompatible_qos_recent, incompatible_reason=stats.incompatible_reason,
+            infeasible=infeasible_message(controller)),
         backend=model.backend, precision=model.precision, model_hash=model.model_hash,
         budget=stats.last_budget, **control_values(controller, params),
         controller_enabled=params["controller_enabled"], deadline_ms=controller.deadline_s * 1e3,

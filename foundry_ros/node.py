@@ -94,7 +94,7 @@ from rclpy.parameter import Parameter
 from foundry_ros import params as P
 from foundry_ros import debug_outputs as debug
 from foundry_ros.budget import BudgetController
-from foundry_ros.diagnostics import diagnostic_values, key_values
+from foundry_ros.diagnostics import diagnostic_values, infeasible_message, key_values
 from foundry_ros.embeddings import embeddings_fields
 from foundry_ros.frame_io import SEGMENT_FIELDS, aligned_outputs, check_result, model_input, output_header
 from foundry_ros.frame_slot import Frame, NewestFrameSlot, frame_age_s, receive_time
@@ -160,6 +160,7 @@ class FoundryNode(Node):
         self._factory = predictor_factory or default_predictor_factory
         self._start_worker = start_worker
         self._lock = threading.RLock()  # controller, parameters, period estimator
+        self._infeasible = False  # last feasibility logged (see _log_feasibility)
         self._p = self._init_parameters()
         self._configured = False
         self._active = False
@@ -547,9 +548,21 @@ class FoundryNode(Node):
         if result is not None and p["controller_enabled"]:
             with self._lock:
                 P.observe_frame(self._controller, times.latency_s, tokens, point, times.overhead_beyond_point_s(fr))
+                self._log_feasibility()
         self._pub_report.publish(build_report(
             self._msg.InferenceReport, header, fr, times=times, points_in=decoded.num_points, budget=budget,
             deadline_s=control.deadline_s, record=record, model=self._model, operating_point=point))
+
+    def _log_feasibility(self) -> None:
+        """One warning when the deadline becomes infeasible for every operating point, one info when it
+        is feasible again (the diagnostics status says it on every period meanwhile)."""
+        why = infeasible_message(self._controller)
+        if bool(why) != self._infeasible:
+            self._infeasible = bool(why)
+            if why:
+                self.get_logger().warning(why)
+            else:
+                self.get_logger().info("the deadline is feasible again (the cheapest operating point fits)")
 
     # ============================================================================================
     # once and periodic outputs

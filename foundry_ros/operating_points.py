@@ -115,6 +115,8 @@ class OperatingPointState:
     load_changes: int  # detected changes of load
     last_latency_s: float
     last_point: str  # point of the last measured frame ("" before the first)
+    floor_predicted_latency_s: float  # predicted latency of the cheapest ladder point
+    deadline_feasible: bool  # False: even the cheapest point is predicted over the deadline (after warm-up)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -262,7 +264,15 @@ class OperatingPointController(LatencyController):
             ladder=self.ladder, target_s=cfg.target_s, deadline_s=cfg.deadline_s,
             headroom_streak=self._headroom, over_deadline_streak=self._over_streak, switches=self._switches,
             frames=self._frames, ignored=self._ignored, outliers=self._outliers, load_changes=self._load_changes,
-            last_latency_s=self._last_latency, last_point=self._last_point)
+            last_latency_s=self._last_latency, last_point=self._last_point,
+            floor_predicted_latency_s=self._predict(self._ladder[0]), deadline_feasible=self.deadline_feasible)
+
+    @property
+    def deadline_feasible(self) -> bool:
+        """False when, after the warm-up frames, even the cheapest ladder point is predicted over the
+        deadline: no operating point can hold it under the load measured (raise the deadline, lower the
+        load, or use a cheaper model or a smaller input); True before any measurement."""
+        return self._accepted < WARMUP_FRAMES or self._predict(self._ladder[0]) <= self._config.deadline_s
 
     # ----------------------------------------------------------------------------------------
     # internals

@@ -468,24 +468,27 @@ class PeriodEstimator:
 
 def diagnostic_level(*, frames: int, last_over_deadline: bool, over_streak: int, error_frames: int,
                      predictor_failed: bool, decode_errors_recent: int = 0, incompatible_qos: int = 0,
-                     incompatible_qos_recent: int = 0, incompatible_reason: str = "") -> tuple[int, str]:
+                     incompatible_qos_recent: int = 0, incompatible_reason: str = "", infeasible: str = ""
+                     ) -> tuple[int, str]:
     """(level, message) of the node's diagnostic status.
 
     ERROR: the last predictor call failed, or ``over_streak >= error_frames`` consecutive deadline
     misses. WARN: a publisher offered incompatible QoS (since the last status, or at all while no
     frame was processed yet: the node is then deaf to it), the last frame missed the deadline, or
     malformed clouds arrived since the last status. OK otherwise (also before the first frame, with a
-    "waiting" message).
+    "waiting" message). ``infeasible`` (why no operating point can hold the deadline, "" if one can) is
+    appended to the over-deadline messages.
     """
+    why = f": {infeasible}" if infeasible else ""
     if predictor_failed:
         return ERROR, "predictor failed on the last frame"
     if over_streak >= error_frames:
-        return ERROR, f"over deadline for {over_streak} consecutive frames"
+        return ERROR, f"over deadline for {over_streak} consecutive frames{why}"
     if incompatible_qos_recent or (incompatible_qos and frames == 0):
         return WARN, (f"incompatible QoS: {incompatible_reason or 'a publisher does not match the input QoS'} "
                       f"({incompatible_qos} event(s))")
     if last_over_deadline:
-        return WARN, "last frame over deadline"
+        return WARN, f"last frame over deadline{why}"
     if decode_errors_recent:
         return WARN, f"{decode_errors_recent} malformed cloud(s) since the last status"
     if frames == 0:

@@ -71,3 +71,25 @@ def test_embeddings_fields_are_flat_arrays():
     assert (f["num_tokens"], f["embedding_dim"], f["model_hash"]) == (5, 8, "abc")
     assert f["features"].shape == (40,) and f["features"].dtype == np.float32
     assert f["centers_xyz"].shape == (15,) and f["segment_of_token"].dtype == np.int32
+
+
+def test_diagnostics_say_when_no_operating_point_can_hold_the_deadline():
+    p = dict(P.default_params(), deadline_ms=50.0)
+    ctl = OperatingPointController([PointCost("fast", 0.02), PointCost("full", 0.05)], P.op_controller_config(p, 0.05))
+    stats = FrameStats()
+    for _ in range(5):
+        ctl.update(0.04, "fast")  # 2 x the calibrated cost of the cheapest point: 40 ms of a 50 ms deadline
+        stats.frame_done(0.04, 0.05, 16, 16)
+    ok = diagnostic_values(stats.snapshot(), ctl, p, ModelInfo(), None)
+    assert ok["deadline_feasible"] is True and ok["cheapest_predicted_ms"] == pytest.approx(40.0)
+    for _ in range(4):
+        ctl.update(0.08, "fast")  # a load step: even the cheapest point now takes 80 ms
+        stats.frame_done(0.08, 0.05, 16, 16)
+    values = diagnostic_values(stats.snapshot(), ctl, p, ModelInfo(), None)
+    level, msg = values["level_msg"]
+    assert ctl.point == "fast" and values["deadline_feasible"] is False
+    assert level == P.WARN and "below the cheapest operating point (fast predicted 7" in msg
+    assert values["cheapest_predicted_ms"] > 50.0
+    ctl.set_deadline(0.2)  # a deadline it can hold: the message goes away
+    assert ctl.deadline_feasible and diagnostic_values(stats.snapshot(), ctl, dict(p, deadline_ms=200.0),
+                                                       ModelInfo(), None)["level_msg"][1] == "last frame over deadline"
