@@ -85,6 +85,21 @@ def test_predictor_runs_each_point_with_its_own_statistics(banked_model, backend
         assert len(list((tmp_path / "cache" / "onnx").glob("*-bn-low-*.onnx"))) == 1
 
 
+def test_a_users_single_graph_runs_every_point_with_the_shared_statistics(banked_model, tmp_path, caplog):
+    banked, _, plain = banked_model
+    cache = str(tmp_path / "cache")
+    graph = Predictor.from_checkpoint(banked, PredictorConfig(backend="onnxruntime", cache_dir=cache)).onnx_path()
+    pred = Predictor.from_checkpoint(banked, PredictorConfig(backend="onnxruntime", cache_dir=cache,
+                                                             onnx_path=str(graph)))
+    ref_shared = Predictor.from_checkpoint(plain, PredictorConfig(backend="onnxruntime", cache_dir=cache))
+    x = _cloud()
+    with caplog.at_level("WARNING", logger="foundry_core.runtime.predictor"):
+        for op in ["low", "high", "low"]:                       # no error at the banked point: shared statistics
+            np.testing.assert_allclose(pred(x, operating_point=op).confidence,
+                                       ref_shared(x, operating_point=op).confidence, atol=2e-4)
+    assert sum("one exported graph" in r.getMessage() for r in caplog.records) == 1   # said once
+
+
 def test_finetuning_computes_each_points_statistics_on_its_own_batches(tmp_path):
     ops = [OperatingPoint(name="low", points=48, centers=8), OperatingPoint(name="high", points=128, centers=16)]
     cfg = tiny_finetune(tmp_path, task="sceneseg", operating_points=ops, bn_recalibration_batches=3,

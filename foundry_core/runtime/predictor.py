@@ -173,6 +173,7 @@ class Predictor:
         self._shared_batchnorm = BatchNormBank()
         self._shared_batchnorm.record(SHARED, self.model)
         self._statistics = SHARED                       # whose BatchNorm statistics the runner uses now
+        self._onnx_bank_warned = False                  # onnx_path + a BatchNormBank: warned once
         self.torch_runner = TorchRunner(self.model, self.device, cfg.head_chunk, cfg.fold_head, cfg.embeddings)
         self._folded_mlps = {SHARED: self.torch_runner.folded_mlp}
         self.backend_choice = self._select_backend()
@@ -238,6 +239,13 @@ class Predictor:
         if bank is None:
             return
         name = op.name if op is not None and op.name in bank else SHARED
+        if name != SHARED and self.cfg.onnx_path and self.runner is not self.torch_runner:
+            if not self._onnx_bank_warned:   # a user's graph is one graph: it carries one set of statistics
+                log.warning("onnx_path %s is one exported graph: operating points run with its (shared) "
+                            "BatchNorm statistics, not the model's per-point BatchNormBank (leave onnx_path "
+                            "empty to export one graph per point)", self.cfg.onnx_path)
+                self._onnx_bank_warned = True
+            name = SHARED
         if name == self._statistics:
             return
         if self.runner is self.torch_runner:
