@@ -5,7 +5,7 @@ training split, scored on the test split) on every stage of the backbone: the to
 output, and the final normed output the product uses.
 
     .venv/bin/python scripts/probe_by_layer.py [--model runs/experiment_infomr/pretrain_s0/backbone.safetensors]
-        [--random-seeds 0] [--stages tokens block6 last] -> docs/results/pretrain_trials/probe_by_layer.json (+ .png)
+        [--random-seeds 0] [--stages tokens block6 last] [--cv-grid 0.012 0.05 0.2] -> docs/results/pretrain_trials/probe_by_layer.json (+ .png)
 
 The pre-trained backbone defaults to the teacher run of config/distill_tables_infomr.yaml (the recipe
 of pretrain.json). This is a diagnosis of the numbers pretrain.json already reports (same split and
@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--config", default="config/distill_tables_infomr.yaml")
     ap.add_argument("--model", default="", help="pre-trained backbone (default: the config's teacher run)")
     ap.add_argument("--random-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--stages", nargs="+", default=["tokens", "tokens+pos", "block1", "block3", "block6", "block9",
-                                                     "block12", "last"], help="stages probed (blockN: N-th block)")
+    ap.add_argument("--stages", nargs="+", default=["tokens", "block1", "block6", "last"], help="stages probed (blockN: N-th block)")
+    ap.add_argument("--cv-grid", type=float, nargs="+", default=[0.012, 0.05, 0.2],
+                    help="Cs the CV chooses from (default: those CV chose in pretrain.json, and the recipe's)")
     ap.add_argument("--output", default="docs/results/pretrain_trials/probe_by_layer.json")
     args = ap.parse_args()
     t0 = time.time()
@@ -102,7 +103,8 @@ def main() -> None:
     train_set, test_set = load_splits(cfg.data)
     train = PointCloudDataset(train_set, cfg.data.num_points, None, seed=cfg.run.seed, train=False)
     test = PointCloudDataset(test_set, cfg.data.num_points, None, seed=cfg.run.seed, train=False)
-    probe_cfg = cfg.probe                                             # pretrain.json's C and CV grid
+    probe_cfg = cfg.probe                                             # pretrain.json's C
+    probe_cfg.cv_grid = list(args.cv_grid)
     backbones = {"pretrained": load_backbone(model)}
     for s in args.random_seeds:
         torch.manual_seed(s)
