@@ -25,7 +25,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
     install_requires=[
-        "torch>=2.4", "numpy", "scipy", "fpsample", "pykdtree", "h5py", "safetensors", "pyyaml",
+        "torch>=2.4", "numpy", "scipy", "fpsample", "pykdtree", "threadpoolctl", "h5py", "safetensors", "pyyaml",
         "matplotlib", "tqdm", "scikit-learn", "pypcd4", "rosbags",
     ],
     extras_require={"test": ["pytest"]},

@@ -286,7 +286,8 @@ class FoundryNode(Node):
         costs, source = point_costs(m.operating_points, measured)
         controller = OperatingPointController(costs, P.op_controller_config(self._p, deadline_s))
         self.get_logger().info("operating points (cheapest first):\n"
-                               + calibration_table(m.operating_points, costs, source, controller.ladder))
+                               + calibration_table(m.operating_points, costs, source, controller.ladder,
+                                                   getattr(self._predictor, "overlap_by_point", None)))
         return controller
 
     def _initial_budget(self) -> int:

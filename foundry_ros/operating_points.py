@@ -387,16 +387,22 @@ def point_costs(operating_points: Sequence[Any], calibrated_ms: Mapping[str, flo
 
 
 def calibration_table(operating_points: Sequence[Any], costs: Sequence[PointCost], source: Mapping[str, str],
-                      ladder: Sequence[str] = ()) -> str:
-    """The operating points as a text table (for the node's start-up log)."""
-    rows = [("point", "points", "centers", "budget", "mIoU", "cost ms", "source", "ladder")]
+                      ladder: Sequence[str] = (), geometry: Mapping[str, bool] | None = None) -> str:
+    """The operating points as a text table (for the node's start-up log). geometry: per point, whether
+    the predictor runs its frame geometry beside the network (predictor.overlap_by_point, set by
+    calibrate()); the column is left out without it."""
+    head = ("point", "points", "centers", "budget", "mIoU", "cost ms", "source", "ladder")
+    rows = [head + (("geometry",) if geometry else ())]
     by_name = {c.name: c for c in costs}
     for op in operating_points:
         name = str(_field(op, "name"))
         c = by_name[name]
         budget = _field(op, "budget")
-        rows.append((name, str(_field(op, "points")), str(_field(op, "centers")),
-                     "all" if budget is None else str(budget), "?" if c.miou is None else f"{c.miou:.1f}",
-                     f"{c.cost_s * 1e3:.2f}", source.get(name, "?"), "yes" if name in ladder else "no"))
+        row = (name, str(_field(op, "points")), str(_field(op, "centers")),
+               "all" if budget is None else str(budget), "?" if c.miou is None else f"{c.miou:.1f}",
+               f"{c.cost_s * 1e3:.2f}", source.get(name, "?"), "yes" if name in ladder else "no")
+        if geometry:
+            row += ({True: "beside", False: "inline"}.get(geometry.get(name), "-"),)
+        rows.append(row)
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)

@@ -261,3 +261,6 @@ def test_point_costs_from_calibration_model_card_or_estimate():
     assert lines[0].split() == ["point", "points", "centers", "budget", "mIoU", "cost", "ms", "source", "ladder"]
     assert lines[1].split() == ["fast", "4096", "128", "64", "55.0", "8.00", "calibrated", "yes"]
     assert lines[2].split()[3] == "all" and lines[2].split()[-1] == "no"
+    table = calibration_table(ops, *point_costs(ops, {"fast": 8.0}), ladder=("fast",),
+                              geometry={"fast": True, "mid": False})
+    assert [line.split()[-1] for line in table.splitlines()] == ["geometry", "beside", "inline", "-"]

@@ -60,10 +60,29 @@ def nearest_rows_with_distances(reference: np.ndarray, queries: np.ndarray, k: i
     return dist.reshape(q, k).astype(np.float32, copy=False), idx.reshape(q, k).astype(np.int64)
 
 
-def postprocess(cloud: np.ndarray, pre: Preprocessed, net: NetworkOutput
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fill_from_used(cloud: np.ndarray, pre: Preprocessed) -> tuple[np.ndarray, np.ndarray]:
+    """cloud (N, C) and its preprocessing -> (rows (R,) int64: the in-region rows the voxel filter or
+    the cap removed, (R,) int64: index into the used points of each row's nearest used point; input
+    frame, pykdtree)."""
+    rows = removed_rows(pre)
+    if not rows.size:
+        return rows, np.zeros(0, np.int64)
+    return rows, nearest_rows(cloud[pre.source_index], cloud[rows])[:, 0]
+
+
+def removed_rows(pre: Preprocessed) -> np.ndarray:
+    """(R,) int64 rows inside the crop box / range gate that the voxel filter or the cap removed."""
+    removed = pre.in_region.copy()
+    removed[pre.source_index] = False
+    return np.flatnonzero(removed)
+
+
+def postprocess(cloud: np.ndarray, pre: Preprocessed, net: NetworkOutput,
+                fill: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cloud (N, C) as given, its preprocessing and the network's output on the used points ->
-    labels (N,) int32, confidence (N,) float32, segments (N,) int32 (see the module docstring)."""
+    labels (N,) int32, confidence (N,) float32, segments (N,) int32 (see the module docstring).
+    fill: (removed rows (R,), nearest used point of each (R,)) when already computed
+    (fill_from_used, e.g. run beside the network by frame_geometry), else computed here."""
     n = cloud.shape[0]
     seg_used = net.token_segments[point_tokens(net.group_idx, pre.xyz, net.centers, net.nearest)]
     labels = np.full(n, -1, dtype=np.int32)
@@ -71,10 +90,7 @@ def postprocess(cloud: np.ndarray, pre: Preprocessed, net: NetworkOutput
     segments = np.full(n, -1, dtype=np.int32)
     used = pre.source_index
     labels[used], confidence[used], segments[used] = net.labels, net.confidence, seg_used
-    removed = pre.in_region.copy()
-    removed[used] = False
-    ridx = np.flatnonzero(removed)
+    ridx, nn_used = fill_from_used(cloud, pre) if fill is None else fill
     if ridx.size:
-        nn_used = nearest_rows(cloud[used], cloud[ridx])[:, 0]
         labels[ridx], confidence[ridx], segments[ridx] = net.labels[nn_used], net.confidence[nn_used], seg_used[nn_used]
     return labels, confidence, segments

@@ -11,6 +11,10 @@ Pipeline of one call (timed stage by stage with time.perf_counter, CUDA synchron
                 folded segmentation head, or an exported graph on onnxruntime / TensorRT)
     postprocess every input row gets an answer (postprocess.py)
 
+The two CPU jobs that need only the preprocessed cloud (LocalShape descriptors of the used points,
+the nearest used point of every removed row) run on a worker thread beside tokenize / encode
+(frame_geometry.py, ``overlap_geometry``); the stage that first reads one waits for it.
+
 Per-point outputs are aligned index by index with the input (organised (H, W, C) clouds are
 flattened row-major, so index = row * W + col); cls models give every in-region point the cloud's
 class (confidence = the class probability). Tokens of a teacher or of a token-reduction baseline
@@ -57,6 +61,7 @@ from .backends import (BACKENDS, BackendChoice, load_onnxruntime, load_tensorrt,
                        onnxruntime_backend_name, rungs_for, select_backend)
 from .operating_points import (call_preprocess, fit_to_backbone, operating_points_of, point_cost_ms, sweep_extent,
                                synthetic_sweep)
+from .frame_geometry import GeometryWorker
 from .postprocess import postprocess
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .runners import GraphRunner, TorchRunner
@@ -64,6 +69,7 @@ from .types import FrameReport, LabelInfo, NetworkOutput, NonFiniteOutputError, 
 
 log = logging.getLogger(__name__)
 SHARED = ""          # the BatchNorm statistics shared by every operating point (the model's own)
+CALIBRATION_SWEEP_FACTOR = 4   # calibrate()'s synthetic sweep: this many times the top point's points
 
 
 @dataclass
@@ -85,6 +91,11 @@ class PredictorConfig:
     threads: int = 0                                # onnxruntime intra-op threads (0 = its default)
     embeddings: bool = True                         # torch backends: False returns no token embeddings (0 rows),
                                                     # so a student's CAU never runs for a segmentation head
+    overlap_geometry: Literal["auto", "always", "never"] = "auto"
+                                                    # LocalShape and the fill of removed rows on a worker thread
+                                                    # beside the network (frame_geometry.py), the network on one
+                                                    # core less; auto: per operating point, whichever calibrate()
+                                                    # measured faster (beside, until calibrated); never: in line
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
@@ -99,6 +110,9 @@ class PredictorConfig:
             raise ConfigError("predictor.budget must be >= 1")
         if self.backend not in BACKENDS:
             raise ConfigError(f"predictor.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.overlap_geometry not in ("auto", "always", "never"):
+            raise ConfigError("predictor.overlap_geometry must be 'auto', 'always' or 'never', "
+                              f"got {self.overlap_geometry!r}")
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -175,6 +189,8 @@ class Predictor:
         self._statistics = SHARED                       # whose BatchNorm statistics the runner uses now
         self._onnx_bank_warned = False                  # onnx_path + a BatchNormBank: warned once
         self.torch_runner = TorchRunner(self.model, self.device, cfg.head_chunk, cfg.fold_head, cfg.embeddings)
+        self.geometry_worker = GeometryWorker()
+        self.overlap_by_point: dict[str, bool] = {}     # calibrate()'s choice per operating point (auto)
         self._folded_mlps = {SHARED: self.torch_runner.folded_mlp}
         self.backend_choice = self._select_backend()
         self.backend, graph = self.backend_choice.name, self.backend_choice.runner
@@ -401,10 +417,16 @@ class Predictor:
 
     def calibrate(self, cloud: np.ndarray | None = None, repeats: int = 3) -> dict[str, float]:
         """Median cost in ms of every operating point (name -> ms, cheapest first) on `cloud` (N, 3+F)
-        or a synthetic sweep-like cloud of the top point's size, after one warm-up call each. The cost
+        or a synthetic sweep-like cloud of CALIBRATION_SWEEP_FACTOR x the top point's points (a sweep
+        has several times more points than the richest point uses, and the rows the network does not
+        see are labelled by the geometry beside it), after one warm-up call each. The cost
         is the part of a call the point sets (operating_points.point_cost_ms: tokenize + encode +
         head); pre- and postprocessing grow with the input cloud whatever the point, so a caller
         measures them on its real clouds (the node counts them with its overhead).
+        With overlap_geometry auto on a CPU, every point also runs both ways (geometry beside the
+        network on one core less, or in line on all cores) and keeps the faster by median latency
+        after preprocessing (overlap_by_point): beside wins at sparse points, where the geometry costs
+        as much as the network, in line can win at the richest, where the network wants every core.
         The repeats run round-robin over the points, so a machine stall (0.3-1.7 s here) lands on
         one sample of several points instead of every sample of one; a point measured dearer than a
         richer one is given the richer one's cost (it cannot cost more)."""
@@ -412,25 +434,57 @@ class Predictor:
             raise ValueError("calibrate needs repeats >= 1")
         if cloud is None:
             top = self.operating_points[-1]
-            cloud = synthetic_sweep(top.points, self.in_channels, sweep_extent(self.pre_cfg), seed=self.cfg.seed)
+            cloud = synthetic_sweep(top.points * CALIBRATION_SWEEP_FACTOR, self.in_channels,
+                                    sweep_extent(self.pre_cfg), seed=self.cfg.seed)
         kw = self._synthetic_kwargs()
         ops = self.operating_points
-        for op in ops:
-            self(cloud, operating_point=op, **kw)
-        samples = {op.name: [] for op in ops}
+        modes = (True, False) if self.cfg.overlap_geometry == "auto" and self.device.type == "cpu" and \
+            torch.get_num_threads() > 1 else (None,)
+        runs = [(op, mode) for op in ops for mode in modes]
+        for op, mode in runs:
+            self(cloud, operating_point=op, overlap=mode, **kw)
+        samples: dict[tuple[str, bool | None], list[dict[str, float]]] = {(op.name, m): [] for op, m in runs}
         for _ in range(repeats):
+            for op, mode in runs:
+                samples[(op.name, mode)].append(self(cloud, operating_point=op, overlap=mode, **kw).report.timings_ms)
+        after_preprocess = lambda t: t["total"] - t["preprocess"]                       # noqa: E731
+        costs = {op.name: [point_cost_ms(t) for t in samples[(op.name, modes[0])]] for op in ops}
+        if len(modes) == 2:
             for op in ops:
-                samples[op.name].append(point_cost_ms(self(cloud, operating_point=op, **kw).report.timings_ms))
+                beside, inline = (float(np.median([after_preprocess(t) for t in samples[(op.name, m)]])) for m in modes)
+                self.overlap_by_point[op.name] = beside <= inline
+                costs[op.name] = [point_cost_ms(t) for t in samples[(op.name, beside <= inline)]]
         out, ceiling = {}, math.inf
         for op in reversed(ops):                      # richest first: costs never rise towards cheaper points
-            ceiling = min(ceiling, float(np.median(samples[op.name])))
+            ceiling = min(ceiling, float(np.median(costs[op.name])))
             out[op.name] = ceiling
         return {op.name: out[op.name] for op in ops}
 
+    def overlaps(self, op: OperatingPoint | None) -> bool:
+        """Whether a call at `op` runs its geometry beside the network (see overlap_geometry)."""
+        mode = self.cfg.overlap_geometry
+        if mode != "auto":
+            return mode == "always"
+        return self.overlap_by_point.get("" if op is None else op.name, True)
+
+    @contextlib.contextmanager
+    def _network_threads(self, overlap: bool):
+        """While the geometry worker holds a core, the network on CPU runs on one thread less."""
+        threads = torch.get_num_threads()
+        if not overlap or self.device.type != "cpu" or threads < 2:
+            yield
+            return
+        torch.set_num_threads(threads - 1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
     def __call__(self, points: np.ndarray, budget: int | None = None, fusion_threshold: float | None = None,
-                 category: int | None = None, operating_point: OperatingPoint | str | None = None
-                 ) -> PredictorResult:
-        """points (N, 3+F) or (H, W, 3+F) -> PredictorResult (see the module docstring)."""
+                 category: int | None = None, operating_point: OperatingPoint | str | None = None,
+                 overlap: bool | None = None) -> PredictorResult:
+        """points (N, 3+F) or (H, W, 3+F) -> PredictorResult (see the module docstring).
+        overlap: run the frame's geometry beside the network (None: as overlaps() says)."""
         t0 = time.perf_counter()
         op = self._resolve_operating_point(operating_point)
         self._use_statistics_of(op)
@@ -444,12 +498,19 @@ class Predictor:
             return self._empty(cloud.shape[0], pre, token_budget, r, t0, t1, name)
         category = self.cfg.category if category is None else category
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
-        with torch.inference_mode(), self._autocast():
-            pts = torch.from_numpy(pre.points).to(self.device).unsqueeze(0)
-            net = self.runner(pts, pre.xyz, pre.num_centers, gen, b, r, category)
-        check_finite(net)
-        t4 = time.perf_counter()
-        labels, confidence, segments = postprocess(cloud, pre, net)
+        overlap = self.overlaps(op) if overlap is None else overlap
+        geometry = self.geometry_worker.submit(cloud, pre, int(getattr(self.head, "local_shape_k", 0) or 0),
+                                               getattr(self.head, "local_shape_voxels", (0.0,)), threaded=overlap)
+        try:
+            with torch.inference_mode(), self._autocast(), self._network_threads(overlap):
+                pts = torch.from_numpy(pre.points).to(self.device).unsqueeze(0)
+                net = self.runner(pts, pre.xyz, pre.num_centers, gen, b, r, category,
+                                  point_features=geometry.point_features)
+            check_finite(net)
+            t4 = time.perf_counter()
+            labels, confidence, segments = postprocess(cloud, pre, net, geometry.fill())
+        finally:
+            geometry.wait()                           # nothing of this frame outlives the call
         t5 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "tokenize": net.tokenized_at - t1, "encode": net.encoded_at - net.tokenized_at,
                    "head": t4 - net.encoded_at, "postprocess": t5 - t4, "total": t5 - t0}

@@ -153,6 +153,15 @@ def cap_points(xyz: np.ndarray, cfg: PreprocessConfig, seed: int) -> np.ndarray:
     return np.sort(rng.choice(xyz.shape[0], cfg.max_points, replace=False))
 
 
+def rows_all(flags: np.ndarray) -> np.ndarray:
+    """(N, C) bool -> (N,) bool: every column set (column-wise ANDs; numpy's all(axis=1) over a
+    handful of columns is several times slower)."""
+    out = flags[:, 0].copy()
+    for j in range(1, flags.shape[1]):
+        out &= flags[:, j]
+    return out
+
+
 def choose_num_centers(m: int, cfg: PreprocessConfig) -> int:
     if m == 0:
         return 0
@@ -163,13 +172,14 @@ def preprocess(points: np.ndarray, cfg: PreprocessConfig, seed: int = 0) -> Prep
     """Raw cloud (N, 3+F) (or organised (H, W, 3+F)) -> Preprocessed. See the module docstring."""
     t0 = time.perf_counter()
     cloud = as_cloud(points)
-    valid = np.isfinite(cloud).all(axis=1)
+    valid = rows_all(np.isfinite(cloud))
     region = valid.copy()
     xyz_all = cloud[:, :3]
     if cfg.crop_box is not None:
-        lo, hi = np.asarray(cfg.crop_box[:3]), np.asarray(cfg.crop_box[3:])
         with np.errstate(invalid="ignore"):
-            region &= ((xyz_all >= lo) & (xyz_all <= hi)).all(axis=1)
+            for axis in range(3):      # column by column: ~3x faster than an (N, 3) compare + all(axis=1)
+                column = xyz_all[:, axis]
+                region &= (column >= np.float64(cfg.crop_box[axis])) & (column <= np.float64(cfg.crop_box[axis + 3]))
     if cfg.max_range is not None or cfg.min_range is not None:
         with np.errstate(invalid="ignore", over="ignore"):
             r2 = (xyz_all.astype(np.float64) ** 2).sum(axis=1)

@@ -7,13 +7,14 @@
                  centers here, the networks in the graph (runtime/export.py for its inputs)
 
 Inputs of a call: pts (1, M, C) tensor on the device, xyz (M, 3) numpy, c centers, the FPS
-generator, budget / fusion threshold (already resolved by the Predictor) and the category.
+generator, budget / fusion threshold (already resolved by the Predictor), the category and, when
+they are computed elsewhere (frame_geometry.py: beside the network), the LocalShape descriptors.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from ..models.heads import (FoldedPointMLP, SegmentationHead, TaskModel, interpo
 from ..models.local_shape import local_shape, local_shape_batch
 from ..models.sampling import FAST_FPS_MIN_POINTS
 
+#: () -> (M, F) LocalShape descriptors of the used points, or None (then the runner computes them)
+PointFeatures = Callable[[], "np.ndarray | None"]
 CUDA_KDTREE_MIN_POINTS = 8192     # on CUDA, clouds at least this large take pykdtree's kNN on the CPU
 CPU_HEAD_CHUNK = 4096             # on CPU, the segmentation head runs at most this many points at a time
 from ..models.tokenizer import PointTokenizer, Tokens
@@ -78,7 +81,8 @@ class TorchRunner:
             torch.cuda.synchronize(self.device)
 
     def __call__(self, pts: torch.Tensor, xyz: np.ndarray, c: int, gen: torch.Generator, budget: int | None,
-                 threshold: float | None, category: int | None) -> NetworkOutput:
+                 threshold: float | None, category: int | None,
+                 point_features: PointFeatures | None = None) -> NetworkOutput:
         tok = tokenize(self.backbone.tokenizer, pts, c, gen)
         self._sync()
         tokenized_at = time.perf_counter()
@@ -89,7 +93,7 @@ class TorchRunner:
         m = xyz.shape[0]
         if self.segmentation:
             dist, nn_idx = nearest_rows_with_distances(centers, xyz, 3)
-            labels, conf = self._segment(out, tok, pts, nn_idx, category, dist)
+            labels, conf = self._segment(out, tok, pts, nn_idx, category, dist, point_features)
             nearest = nn_idx[:, 0]
         else:
             cat = None if category is None else torch.tensor([int(category)], device=self.device)
@@ -106,9 +110,11 @@ class TorchRunner:
                              tokenized_at=tokenized_at, encoded_at=encoded_at)
 
     def _segment(self, out: Any, tok: Tokens, pts: torch.Tensor, nn_idx: np.ndarray, category: int | None,
-                 dist: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 dist: np.ndarray | None = None, point_features: PointFeatures | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """Chunked segmentation head on the used points -> (labels (M,) int32, confidence (M,) float32).
-        nn_idx / dist (M, 3): every point's nearest centers and their distances (kd-tree).
+        nn_idx / dist (M, 3): every point's nearest centers and their distances (kd-tree);
+        point_features: the LocalShape descriptors (M, F) when already computed (else computed here).
 
         Folded head: the first layer and its global term run on the c tokens (table (c, H0)), the
         interpolation to the points is one weighted embedding_bag sum (no (m, 3, H0) gather), and
@@ -134,8 +140,11 @@ class TorchRunner:
             else:
                 weights = inverse_distance_weights(torch.from_numpy(dist).to(self.device).square())
             weights = weights.to(table.dtype)
-        shape = local_shape_batch(xyz, head.local_shape_k, head.local_shape_voxels) \
-            if head.local_shape_k else None                                                 # (1, M, 7 per scale)
+        shape = None
+        if head.local_shape_k:                                                              # (1, M, 7 per scale)
+            given = None if point_features is None else point_features()
+            shape = local_shape_batch(xyz, head.local_shape_k, head.local_shape_voxels) if given is None else \
+                torch.from_numpy(given).to(device=xyz.device, dtype=xyz.dtype).unsqueeze(0)
         for s in range(0, m, step):
             e = min(s + step, m)
             geometry = None if not head.geometry_dim else head.geometry_inputs(
@@ -165,7 +174,8 @@ class GraphRunner:
         self.tokenizer, self.graph, self.sig = tokenizer, graph, signature
 
     def __call__(self, pts: torch.Tensor, xyz: np.ndarray, c: int, gen: torch.Generator, budget: int | None,
-                 threshold: float | None, category: int | None) -> NetworkOutput:
+                 threshold: float | None, category: int | None,
+                 point_features: PointFeatures | None = None) -> NetworkOutput:
         with cpu_libraries_for_large_clouds(self.tokenizer, pts):
             centers, _, gidx = self.tokenizer.group(pts, c, gen)
         groups = self.tokenizer.relative_groups(pts, centers, gidx)
@@ -181,7 +191,9 @@ class GraphRunner:
             feeds["points"] = np.ascontiguousarray(xyz[None], dtype=np.float32)
             feeds["nn_idx"] = nn_idx[None]
         if self.sig.local_shape_k:
-            feeds["point_features"] = local_shape(xyz, self.sig.local_shape_k, self.sig.local_shape_voxels)[None]
+            given = None if point_features is None else point_features()
+            feeds["point_features"] = (local_shape(xyz, self.sig.local_shape_k, self.sig.local_shape_voxels)
+                                       if given is None else given)[None]
         if self.sig.category:
             feeds["category"] = np.array([require_category(category)], dtype=np.int64)
         tokenized_at = time.perf_counter()
