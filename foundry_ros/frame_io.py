@@ -56,6 +56,12 @@ def aligned_outputs(decoded: DecodedCloud, result: Any | None = None) -> dict[st
     labels = np.full(n, -1, np.int32) if result is None else result.labels
     confidence = np.zeros(n, np.float32) if result is None else result.confidence
     segments = np.full(n, -1, np.int32) if result is None else result.segments
+    if n == n_in and decoded.num_dropped == 0:     # every input point is finite: already in grid order
+        xyz = np.asarray(decoded.xyz, dtype=np.float32)
+        return {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+                "label": np.asarray(labels).astype(np.int32, copy=False),
+                "confidence": np.asarray(confidence).astype(np.float32, copy=False),
+                "segment": np.asarray(segments).astype(np.int32, copy=False)}
     xyz = scatter_to_grid(decoded.xyz, idx, n_in, np.nan, np.float32)
     return {
         "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],

@@ -18,7 +18,6 @@ way over inline/all:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ def main() -> int:
 
     import torch
     from foundry_core.runtime.predictor import Predictor
+    from foundry_core.stages.common import write_json
     from foundry_core.weights import default_model_path
     from foundry_ros.bench_adaptation import DENSE_AZIMUTH, DENSE_BEAMS
     from foundry_ros.demo import sim_stream
@@ -87,9 +87,7 @@ def main() -> int:
                   f"  fastest {fastest}, chosen {chosen[op.name]} ({row['speedup_chosen_vs_inline']:.2f}x)", flush=True)
         result["streams"][stream] = {"points_in": points_in, "frames": len(frames) * args.repeats, "points": rows}
     result["labels_identical"] = True
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(args.out, result)
     plot(result, out.with_suffix(".png"))
     print(f"[bench] -> {out} (+ .png)")
     return 0

@@ -51,12 +51,13 @@ class FillQueries:
     """The fill of one frame as independent slices: rows (R,) removed in-region rows, a kd-tree over
     the used points (input frame, float32 xyz), slice i -> nearest used point of its rows."""
 
-    def __init__(self, cloud: np.ndarray, pre: Preprocessed, chunks: int = FILL_CHUNKS):
+    def __init__(self, cloud: np.ndarray, pre: Preprocessed, chunks: int | None = None):
         from pykdtree.kdtree import KDTree
 
         self.cloud, self.rows = cloud, removed_rows(pre)
         self.tree = KDTree(np.ascontiguousarray(cloud[pre.source_index, :3], dtype=np.float32)) \
             if self.rows.size else None
+        chunks = FILL_CHUNKS if chunks is None else int(chunks)
         self.bounds = np.linspace(0, self.rows.size, max(1, min(chunks, self.rows.size)) + 1).astype(np.int64)
 
     @property
@@ -152,7 +153,7 @@ class GeometryWorker:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-geometry",
                                             initializer=self._init_thread)
         pending = None if features is None else self._pool.submit(features)
-        queries = FillQueries(cloud, pre)
+        queries = FillQueries(cloud, pre, FILL_CHUNKS)
         return FrameGeometry(pending, queries=queries,
                              slices=[self._pool.submit(queries.query, i) for i in range(queries.num_slices)])
 
