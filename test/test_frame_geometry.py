@@ -111,3 +111,29 @@ def test_calibrate_chooses_where_the_geometry_runs_per_point(model_path):
     assert Predictor.from_checkpoint(model_path, device="cpu", overlap_geometry="always").overlaps(POINTS[1])
     with pytest.raises(ConfigError, match="overlap_geometry"):
         Predictor.from_checkpoint(model_path, device="cpu", overlap_geometry="sometimes")
+
+
+def test_a_forked_child_gets_a_worker_of_its_own():
+    import multiprocessing as mp
+    pts, pre = _pre(n=3000, max_points=300)
+    worker = GeometryWorker()
+    try:
+        parent = worker.submit(pts, pre, 8, threaded=True)                # the parent's pool is running
+        expect = parent.point_features(), parent.fill()[1]
+        _INHERITED[:] = [worker, pts, pre]                                # what the forked child sees
+        with mp.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_child_fill).get(timeout=60)         # no deadlock on the parent's pool
+        for a, b in zip(got, expect):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        _INHERITED.clear()
+        worker.close()
+
+
+_INHERITED: list = []
+
+
+def _child_fill():
+    worker, pts, pre = _INHERITED
+    geometry = worker.submit(pts, pre, 8, threaded=True)
+    return geometry.point_features(), geometry.fill()[1]

@@ -24,6 +24,7 @@ in the worker is raised in the accessor. The arrays are the ones the in-line com
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -139,6 +140,7 @@ class GeometryWorker:
     def __init__(self, worker_threads: int | None = 1):
         self.worker_threads = worker_threads
         self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
 
     def submit(self, cloud: np.ndarray, pre: Preprocessed, local_shape_k: int = 0,
                local_shape_voxels: Sequence[float] = (0.0,), threaded: bool = True) -> FrameGeometry:
@@ -149,9 +151,10 @@ class GeometryWorker:
         features = (lambda: local_shape(pre.xyz, local_shape_k, voxels)) if local_shape_k else None
         if not threaded:                  # in line: each job when the stage that reads it asks
             return FrameGeometry(features, fill=lambda: fill_from_used(cloud, pre))
-        if self._pool is None:
+        if self._pool is None or self._pid != os.getpid():    # a forked child has no worker thread: a new pool
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foundry-geometry",
                                             initializer=self._init_thread)
+            self._pid = os.getpid()
         pending = None if features is None else self._pool.submit(features)
         queries = FillQueries(cloud, pre, FILL_CHUNKS)
         return FrameGeometry(pending, queries=queries,
