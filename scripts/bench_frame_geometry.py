@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Frame geometry beside the network vs in line (foundry_core/runtime/frame_geometry.py): the shipped
 scene model at every operating point on simulated LiDAR sweeps (the demo's, ~58k points) and on dense
-64-beam sweeps (~131k points), three ways interleaved frame by frame in one process:
+64-beam sweeps ("dense_131k": the dense LiDAR of
+bench_adaptation, up to ~131k returns; ~90k in this scene), three ways interleaved frame by frame in one process:
 
     inline/all    LocalShape and the fill of removed rows after the network, torch on every thread
     inline/-1     the same on one thread less
