@@ -122,10 +122,15 @@ class JEPAConfig:
     predictor_batched: bool = False     # one predictor sequence per cloud for all target blocks (block-masked attention)
     cpu_bf16: bool = False              # bfloat16 autocast of the training step on CPU (AMX / AVX512-BF16)
     native_grouping: bool = False       # CPU: FPS by fpsample (vanilla kernel) and kNN by pykdtree at every size (same groups)
+    # weight of VICReg's variance + covariance terms on the context encoder's output tokens (0: off), against
+    # the low-rank features the per-stage probe found in the pre-trained blocks (docs/results.md §1)
+    vc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target_pos_noise < 0:
             raise ConfigError("jepa.target_pos_noise must be >= 0")
+        if not self.vc_weight >= 0:
+            raise ConfigError("jepa.vc_weight must be >= 0")
         for name in ("target_scale", "context_scale", "ema"):
             if len(getattr(self, name)) != 2:
                 raise ConfigError(f"jepa.{name} must be a list of two numbers [start, end]")

@@ -121,7 +121,8 @@ def test_mae_shapes_gradients_and_no_ema_branch():
 
 
 @pytest.mark.parametrize("jepa_kw", [dict(objective="mae"),
-                                     dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05)])
+                                     dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
+                                     dict(FAST, vc_weight=0.05)])
 def test_tiny_runs_lower_their_loss(tmp_path, jepa_kw):
     cfg = tiny_pretrain(tmp_path, epochs=4)
     cfg.jepa = dataclasses.replace(cfg.jepa, **jepa_kw)
@@ -139,7 +140,8 @@ def make_trainer(cfg):
 
 
 @pytest.mark.parametrize("jepa_kw", [dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
-                                     dict(objective="mae", cpu_bf16=True), dict(FAST, target="position_residual")])
+                                     dict(objective="mae", cpu_bf16=True), dict(FAST, target="position_residual"),
+                                     dict(FAST, vc_weight=0.05)])
 def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
     def cfg(out):
         c = tiny_pretrain(tmp_path / out, epochs=2)
@@ -226,3 +228,25 @@ def test_extra_data_adds_unlabelled_training_clouds_and_the_probe_reads_only_dat
         PretrainTask.__init__ = init
     assert len(seen["probe_train"]) == len(train) and (seen["probe_train"].shapes.labels >= 0).all()
     assert "probe_acc" in res["history"][-1]
+
+
+def test_variance_covariance_is_zero_when_spread_and_large_when_collapsed():
+    from foundry_core.models.jepa import variance_covariance
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(4096, 16, generator=g) * 1.5                    # decorrelated, std 1.5
+    collapsed = torch.randn(4096, 1, generator=g) @ torch.ones(1, 16) * 0.1   # one direction, std 0.1
+    assert variance_covariance(spread) < 0.05
+    assert variance_covariance(collapsed) > 0.8                       # variance hinge ~0.9 alone
+    assert variance_covariance(collapsed.view(64, 64, 16)).item() == pytest.approx(variance_covariance(collapsed).item())
+    with pytest.raises(Exception, match="vc_weight"):
+        tiny_jepa(vc_weight=-1.0)
+
+
+def test_variance_covariance_term_trains_the_context_encoder():
+    from foundry_core.models.jepa import variance_covariance
+    points = torch.randn(3, 128, 3, generator=torch.Generator().manual_seed(4))
+    plain, with_vc = jepa(**FAST), jepa(vc_weight=1.0, **FAST)
+    assert loss_with_seed(with_vc, points) > loss_with_seed(plain, points)     # added (same init, same masks)
+    torch.manual_seed(3)
+    variance_covariance(masked_view(with_vc.backbone, points, with_vc.cfg).ctx).backward()
+    assert with_vc.backbone.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

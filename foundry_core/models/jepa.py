@@ -220,6 +220,18 @@ def position_residual(tokens: torch.Tensor, pos: torch.Tensor, ridge: float = 1e
         return (y - x @ w).reshape(tokens.shape)
 
 
+def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance and covariance terms of features z (..., D), over all rows (float32):
+    mean over dimensions of relu(1 - std) + sum of squared off-diagonal covariances / D. Zero for
+    decorrelated features of std >= 1 in every dimension; large when they collapse onto a few directions."""
+    z = z.float().reshape(-1, z.shape[-1])
+    z = z - z.mean(0)
+    std = torch.sqrt(z.var(0) + eps)
+    cov = (z.T @ z) / max(1, z.shape[0] - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return F.relu(1.0 - std).mean() + off.pow(2).sum() / z.shape[1]
+
+
 def ema_momentum(step: int, total: int, start: float, end: float) -> float:
     """Linear momentum schedule from `start` to `end` over `total` steps."""
     return start + (end - start) * min(1.0, step / max(1, total))
@@ -262,7 +274,10 @@ class PointJEPA(nn.Module):
             y = F.layer_norm(y.float(), (d,))
         pred = view.predict(self.predictor)
         target = gather_points(y, view.targets.reshape(b, -1)).reshape(pred.shape)
-        return F.smooth_l1_loss(pred.float(), target, beta=self.cfg.loss_beta)
+        loss = F.smooth_l1_loss(pred.float(), target, beta=self.cfg.loss_beta)
+        if self.cfg.vc_weight > 0:       # keep the context tokens spread over every dimension
+            loss = loss + self.cfg.vc_weight * variance_covariance(view.ctx)
+        return loss
 
     def update_target(self, step: int, total: int) -> float:
         m = ema_momentum(step, total, *self.cfg.ema)
