@@ -47,9 +47,14 @@ def main() -> int:
                     help="the main distillation loop keeps the initialised tokenizer fixed")
     ap.add_argument("--scale-free", action="store_true",
                     help="the student tokenizer sees each group at unit radius, with log radius as an input")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="RECORD",
+                    help="no training: merge trial records of the same variant run on other seeds (each "
+                         "scored as above) into one record with the price over all their seeds (--output)")
     ap.add_argument("--out-dir", default="runs/distill_trials/student_tokenizer")
     ap.add_argument("--output", default="", help="default docs/results/distill_trials/student_tokenizer<tag>.json")
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.output)
     cfg = load_config(DistillTablesConfig, args.config)
     tables = DistillTables(cfg)
     out_dir = Path(args.out_dir)
@@ -92,17 +97,48 @@ def main() -> int:
             print(f"[trial] seed {seed}: {name:18s} " + "  ".join(f"{k} {v:.2f}" for k, v in row["scores"].items()),
                   flush=True)
         result.setdefault("per_seed", {})[seed] = rows
+    result["elapsed_s"] = time.time() - t0
+    write_record(result, Path(args.output or f"docs/results/distill_trials/student_tokenizer{variant_tag(args)}.json"))
+    return 0
+
+
+def write_record(result: dict, out: Path) -> None:
+    """Price per task (mean over the seeds of teacher-tokenizer minus student-tokenizer score) -> out."""
     for task in result["scores"]["teacher"]:
         tt, st = result["scores"]["teacher_tokenizer"][task], result["scores"]["student_tokenizer"][task]
         result["price_points"][task] = sum(tt) / len(tt) - sum(st) / len(st)
+        result.setdefault("price_points_per_seed", {})[task] = [a - b for a, b in zip(tt, st)]
     result["within_target"] = {task: price <= TARGET_POINTS for task, price in result["price_points"].items()}
     result["target"] = f"student tokenizer at most {TARGET_POINTS:g} point below the teacher-tokenizer student per task"
-    result["elapsed_s"] = time.time() - t0
-    out = Path(args.output or f"docs/results/distill_trials/student_tokenizer{variant_tag(args)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"[trial] price (points, teacher tokenizer - student tokenizer): {result['price_points']} -> {out}",
-          flush=True)
+    print(f"[trial] seeds {result['seeds']}: price (points, teacher tokenizer - student tokenizer): "
+          f"{result['price_points']} -> {out}", flush=True)
+
+
+def combine(paths: list[str], output: str) -> int:
+    """Merge records of one variant on different seeds (same config, teacher, student tokenizer and
+    distillation settings, checked) into one record over all their seeds."""
+    if not output:
+        raise SystemExit("--combine needs --output")
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    same = ("config", "teacher", "supertokens", "student_tokenizer", "distill")
+    for p, r in zip(paths[1:], records[1:]):
+        diff = [k for k in same if r.get(k) != records[0].get(k)]
+        if diff:
+            raise SystemExit(f"--combine: {p} differs from {paths[0]} in {diff}: not the same variant")
+    seeds = [s for r in records for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--combine: a seed appears twice ({seeds})")
+    result = {k: records[0][k] for k in same}
+    result.update(seeds=seeds, scores={}, price_points={}, per_seed={}, combined_from=list(paths),
+                  elapsed_s=sum(r.get("elapsed_s", 0.0) for r in records))
+    for r in records:
+        result["per_seed"].update(r["per_seed"])
+        for name, tasks in r["scores"].items():
+            for task, values in tasks.items():
+                result["scores"].setdefault(name, {}).setdefault(task, []).extend(values)
+    write_record(result, Path(output))
     return 0
 
 
