@@ -91,6 +91,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from foundry_core.runtime.types import CalibrationStopped
 from foundry_ros import params as P
 from foundry_ros import debug_outputs as debug
 from foundry_ros.budget import BudgetController
@@ -278,7 +279,9 @@ class FoundryNode(Node):
         if not m.operating_points:
             return BudgetController(P.controller_config(self._p, deadline_s, m.min_budget, m.max_budget))
         try:
-            measured = self._predictor.calibrate()
+            measured = self._predictor.calibrate(should_stop=lambda: not self.context.ok())
+        except CalibrationStopped:  # a shutdown during start-up: no costs to fall back on, stop starting
+            raise
         except Exception as e:  # a failed calibration falls back on the model card's latencies
             self.get_logger().warning(f"predictor.calibrate() failed ({type(e).__name__}: {e}); operating point "
                                       f"costs from the model card or estimated")

@@ -137,3 +137,17 @@ def _child_fill():
     worker, pts, pre = _INHERITED
     geometry = worker.submit(pts, pre, 8, threaded=True)
     return geometry.point_features(), geometry.fill()[1]
+
+
+def test_calibrate_stops_when_asked(model_path):
+    from foundry_core.runtime.types import CalibrationStopped
+    pred = Predictor.from_checkpoint(model_path, device="cpu", preprocess=scene_pre())
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(CalibrationStopped):
+        pred.calibrate(repeats=1, should_stop=stop_after_three)
+    assert len(calls) == 4                                     # checked before every call, stopped at once

@@ -47,7 +47,7 @@ import math
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -65,11 +65,13 @@ from .frame_geometry import GeometryWorker
 from .postprocess import postprocess
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .runners import GraphRunner, TorchRunner
-from .types import FrameReport, LabelInfo, NetworkOutput, NonFiniteOutputError, PredictorResult
+from .types import (CalibrationStopped, FrameReport, LabelInfo, NetworkOutput, NonFiniteOutputError,
+                    PredictorResult)
 
 log = logging.getLogger(__name__)
 SHARED = ""          # the BatchNorm statistics shared by every operating point (the model's own)
-CALIBRATION_SWEEP_FACTOR = 4   # calibrate()'s synthetic sweep: this many times the top point's points
+CALIBRATION_SWEEP_FACTOR = 4   # calibrate()'s synthetic sweep: this many times the top point's points,
+CALIBRATION_SWEEP_MAX = 65536  # at most this many (never fewer than the top point's)
 
 
 @dataclass
@@ -415,11 +417,13 @@ class Predictor:
         """Call arguments a synthetic cloud needs (a partseg model with category embedding: category 0)."""
         return {"category": 0} if getattr(self.head, "category", None) is not None else {}
 
-    def calibrate(self, cloud: np.ndarray | None = None, repeats: int = 3) -> dict[str, float]:
+    def calibrate(self, cloud: np.ndarray | None = None, repeats: int = 3,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
         """Median cost in ms of every operating point (name -> ms, cheapest first) on `cloud` (N, 3+F)
-        or a synthetic sweep-like cloud of CALIBRATION_SWEEP_FACTOR x the top point's points (a sweep
-        has several times more points than the richest point uses, and the rows the network does not
-        see are labelled by the geometry beside it), after one warm-up call each. The cost
+        or a synthetic sweep-like cloud of CALIBRATION_SWEEP_FACTOR x the top point's points, at most
+        CALIBRATION_SWEEP_MAX (a sweep has several times more points than the richest point uses, and
+        the rows the network does not see are labelled by the geometry beside it), after one warm-up
+        call per point. The cost
         is the part of a call the point sets (operating_points.point_cost_ms: tokenize + encode +
         head); pre- and postprocessing grow with the input cloud whatever the point, so a caller
         measures them on its real clouds (the node counts them with its overhead).
@@ -429,24 +433,31 @@ class Predictor:
         as much as the network, in line can win at the richest, where the network wants every core.
         The repeats run round-robin over the points, so a machine stall (0.3-1.7 s here) lands on
         one sample of several points instead of every sample of one; a point measured dearer than a
-        richer one is given the richer one's cost (it cannot cost more)."""
+        richer one is given the richer one's cost (it cannot cost more). should_stop: checked before
+        every call; True raises CalibrationStopped (a node shutting down during start-up)."""
         if repeats < 1:
             raise ValueError("calibrate needs repeats >= 1")
         if cloud is None:
-            top = self.operating_points[-1]
-            cloud = synthetic_sweep(top.points * CALIBRATION_SWEEP_FACTOR, self.in_channels,
-                                    sweep_extent(self.pre_cfg), seed=self.cfg.seed)
+            top = self.operating_points[-1].points
+            cloud = synthetic_sweep(max(top, min(top * CALIBRATION_SWEEP_FACTOR, CALIBRATION_SWEEP_MAX)),
+                                    self.in_channels, sweep_extent(self.pre_cfg), seed=self.cfg.seed)
         kw = self._synthetic_kwargs()
         ops = self.operating_points
         modes = (True, False) if self.cfg.overlap_geometry == "auto" and self.device.type == "cpu" and \
             torch.get_num_threads() > 1 else (None,)
         runs = [(op, mode) for op in ops for mode in modes]
-        for op, mode in runs:
-            self(cloud, operating_point=op, overlap=mode, **kw)
+
+        def timed(op: OperatingPoint, mode: bool | None) -> dict[str, float]:
+            if should_stop is not None and should_stop():
+                raise CalibrationStopped("calibration stopped before it was complete")
+            return self(cloud, operating_point=op, overlap=mode, **kw).report.timings_ms
+
+        for op in ops:                                # warm-up: one call per point (in the first way)
+            timed(op, modes[0])
         samples: dict[tuple[str, bool | None], list[dict[str, float]]] = {(op.name, m): [] for op, m in runs}
         for _ in range(repeats):
             for op, mode in runs:
-                samples[(op.name, mode)].append(self(cloud, operating_point=op, overlap=mode, **kw).report.timings_ms)
+                samples[(op.name, mode)].append(timed(op, mode))
         after_preprocess = lambda t: t["total"] - t["preprocess"]                       # noqa: E731
         costs = {op.name: [point_cost_ms(t) for t in samples[(op.name, modes[0])]] for op in ops}
         if len(modes) == 2:

@@ -10,6 +10,10 @@ class NonFiniteOutputError(RuntimeError):
     """The network produced NaN / Inf logits or embeddings for a frame (its outputs are not published)."""
 
 
+class CalibrationStopped(RuntimeError):
+    """Predictor.calibrate was asked to stop (its should_stop callback returned True), e.g. by a shutdown."""
+
+
 @dataclass
 class FrameReport:
     """What one predictor call did."""

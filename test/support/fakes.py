@@ -63,7 +63,7 @@ class FakePredictor:
         raise ValueError(f"unknown operating point {operating_point!r}: the model has "
                          f"{[op.name for op in self.operating_points]}")
 
-    def calibrate(self, cloud: Any = None, repeats: int = 3) -> dict[str, float]:
+    def calibrate(self, cloud: Any = None, repeats: int = 3, should_stop: Any = None) -> dict[str, float]:
         """Median latency (ms) of ``repeats`` calls at every operating point, like Predictor.calibrate."""
         if cloud is None:
             cloud = np.random.default_rng(0).uniform(-5, 5, (256, self.in_channels or 3)).astype(np.float32)
