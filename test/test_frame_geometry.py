@@ -9,8 +9,8 @@ import torch
 
 from foundry_core.configs import OperatingPoint
 from foundry_core.models.local_shape import local_shape
-from foundry_core.runtime.frame_geometry import FILL_CHUNKS, FillQueries, GeometryWorker
-from foundry_core.runtime.postprocess import fill_from_used
+from foundry_core.runtime.frame_geometry import FILL_CHUNKS, GeometryWorker
+from foundry_core.runtime.postprocess import FillQueries, fill_from_used
 from foundry_core.runtime.predictor import Predictor
 from foundry_core.runtime.preprocess import PreprocessConfig, preprocess
 from foundry_core.typed_yaml import ConfigError

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..models.local_shape import local_shape
-from .postprocess import fill_from_used, removed_rows
+from .postprocess import FillQueries, fill_from_used
 from .preprocess import Preprocessed
 
 FILL_CHUNKS = 8          # slices of the removed rows; the caller takes those the worker has not started
@@ -46,30 +46,6 @@ def one_openmp_thread():
         from threadpoolctl import ThreadpoolController
         _OPENMP.append(ThreadpoolController().select(user_api="openmp"))
     return _OPENMP[0].limit(limits=1)
-
-
-class FillQueries:
-    """The fill of one frame as independent slices: rows (R,) removed in-region rows, a kd-tree over
-    the used points (input frame, float32 xyz), slice i -> nearest used point of its rows."""
-
-    def __init__(self, cloud: np.ndarray, pre: Preprocessed, chunks: int | None = None):
-        from pykdtree.kdtree import KDTree
-
-        self.cloud, self.rows = cloud, removed_rows(pre)
-        self.tree = KDTree(np.ascontiguousarray(cloud[pre.source_index, :3], dtype=np.float32)) \
-            if self.rows.size else None
-        chunks = FILL_CHUNKS if chunks is None else int(chunks)
-        self.bounds = np.linspace(0, self.rows.size, max(1, min(chunks, self.rows.size)) + 1).astype(np.int64)
-
-    @property
-    def num_slices(self) -> int:
-        return 0 if self.tree is None else len(self.bounds) - 1
-
-    def query(self, i: int) -> np.ndarray:
-        """(rows in slice i,) int64 index into the used points of each row's nearest used point."""
-        rows = self.rows[self.bounds[i]:self.bounds[i + 1]]
-        queries = np.ascontiguousarray(self.cloud[rows, :3], dtype=np.float32)
-        return np.asarray(self.tree.query(queries, k=1)[1], dtype=np.int64).reshape(rows.size)
 
 
 class FrameGeometry:

@@ -60,14 +60,36 @@ def nearest_rows_with_distances(reference: np.ndarray, queries: np.ndarray, k: i
     return dist.reshape(q, k).astype(np.float32, copy=False), idx.reshape(q, k).astype(np.int64)
 
 
+class FillQueries:
+    """The fill of one frame as independent slices: rows (R,) the in-region rows the voxel filter or
+    the cap removed, a kd-tree over the used points (input frame, float32 xyz), slice i -> the
+    nearest used point of its rows (frame_geometry.py queries the slices on two threads)."""
+
+    def __init__(self, cloud: np.ndarray, pre: Preprocessed, chunks: int = 1):
+        from pykdtree.kdtree import KDTree
+
+        self.cloud, self.rows = cloud, removed_rows(pre)
+        self.tree = KDTree(np.ascontiguousarray(cloud[pre.source_index, :3], dtype=np.float32)) \
+            if self.rows.size else None
+        self.bounds = np.linspace(0, self.rows.size, max(1, min(int(chunks), self.rows.size)) + 1).astype(np.int64)
+
+    @property
+    def num_slices(self) -> int:
+        return 0 if self.tree is None else len(self.bounds) - 1
+
+    def query(self, i: int) -> np.ndarray:
+        """(rows in slice i,) int64 index into the used points of each row's nearest used point."""
+        rows = self.rows[self.bounds[i]:self.bounds[i + 1]]
+        queries = np.ascontiguousarray(self.cloud[rows, :3], dtype=np.float32)
+        return np.asarray(self.tree.query(queries, k=1)[1], dtype=np.int64).reshape(rows.size)
+
+
 def fill_from_used(cloud: np.ndarray, pre: Preprocessed) -> tuple[np.ndarray, np.ndarray]:
     """cloud (N, C) and its preprocessing -> (rows (R,) int64: the in-region rows the voxel filter or
     the cap removed, (R,) int64: index into the used points of each row's nearest used point; input
-    frame, pykdtree)."""
-    rows = removed_rows(pre)
-    if not rows.size:
-        return rows, np.zeros(0, np.int64)
-    return rows, nearest_rows(cloud[pre.source_index], cloud[rows])[:, 0]
+    frame, pykdtree). FillQueries in one slice."""
+    queries = FillQueries(cloud, pre)
+    return queries.rows, (queries.query(0) if queries.num_slices else np.zeros(0, np.int64))
 
 
 def removed_rows(pre: Preprocessed) -> np.ndarray:

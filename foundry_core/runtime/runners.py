@@ -22,16 +22,16 @@ import torch
 from ..models.backbone import pooled_features
 from ..models.heads import (FoldedPointMLP, SegmentationHead, TaskModel, interpolation_weights,
                             inverse_distance_weights, propagate_to_points)
-from ..models.local_shape import local_shape, local_shape_batch
+from ..models.local_shape import local_shape
 from ..models.sampling import FAST_FPS_MIN_POINTS
+from ..models.tokenizer import PointTokenizer, Tokens
+from .postprocess import nearest_rows, nearest_rows_with_distances, softmax_labels
+from .types import NetworkOutput
 
 #: () -> (M, F) LocalShape descriptors of the used points, or None (then the runner computes them)
 PointFeatures = Callable[[], "np.ndarray | None"]
 CUDA_KDTREE_MIN_POINTS = 8192     # on CUDA, clouds at least this large take pykdtree's kNN on the CPU
 CPU_HEAD_CHUNK = 4096             # on CPU, the segmentation head runs at most this many points at a time
-from ..models.tokenizer import PointTokenizer, Tokens
-from .postprocess import nearest_rows, nearest_rows_with_distances, softmax_labels
-from .types import NetworkOutput
 
 
 @contextlib.contextmanager
@@ -56,6 +56,13 @@ def tokenize(tokenizer: PointTokenizer, points: torch.Tensor, num_centers: int,
     """tokenizer with c centers on points (B, N, C) (see cpu_libraries_for_large_clouds)."""
     with cpu_libraries_for_large_clouds(tokenizer, points):
         return tokenizer(points, num_groups=num_centers, generator=generator)
+
+
+def point_shape(xyz: np.ndarray, k: int, voxels: Any, point_features: PointFeatures | None) -> np.ndarray:
+    """(M, F) float32 LocalShape descriptors of xyz (M, 3): the ones point_features gives (computed
+    beside the network), else computed here."""
+    given = None if point_features is None else point_features()
+    return local_shape(xyz, k, voxels) if given is None else given
 
 
 def require_category(category: int | None) -> int:
@@ -93,7 +100,7 @@ class TorchRunner:
         m = xyz.shape[0]
         if self.segmentation:
             dist, nn_idx = nearest_rows_with_distances(centers, xyz, 3)
-            labels, conf = self._segment(out, tok, pts, nn_idx, category, dist, point_features)
+            labels, conf = self._segment(out, tok, pts, xyz, nn_idx, category, dist, point_features)
             nearest = nn_idx[:, 0]
         else:
             cat = None if category is None else torch.tensor([int(category)], device=self.device)
@@ -109,11 +116,12 @@ class TorchRunner:
                              group_idx=tok.group_idx[0].cpu().numpy(), nearest=nearest,
                              tokenized_at=tokenized_at, encoded_at=encoded_at)
 
-    def _segment(self, out: Any, tok: Tokens, pts: torch.Tensor, nn_idx: np.ndarray, category: int | None,
-                 dist: np.ndarray | None = None, point_features: PointFeatures | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _segment(self, out: Any, tok: Tokens, pts: torch.Tensor, xyz_np: np.ndarray, nn_idx: np.ndarray,
+                 category: int | None, dist: np.ndarray | None = None,
+                 point_features: PointFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Chunked segmentation head on the used points -> (labels (M,) int32, confidence (M,) float32).
-        nn_idx / dist (M, 3): every point's nearest centers and their distances (kd-tree);
+        xyz_np (M, 3): the points as numpy; nn_idx / dist (M, 3): every point's nearest centers and their
+        distances (kd-tree);
         point_features: the LocalShape descriptors (M, F) when already computed (else computed here).
 
         Folded head: the first layer and its global term run on the c tokens (table (c, H0)), the
@@ -142,9 +150,8 @@ class TorchRunner:
             weights = weights.to(table.dtype)
         shape = None
         if head.local_shape_k:                                                              # (1, M, 7 per scale)
-            given = None if point_features is None else point_features()
-            shape = local_shape_batch(xyz, head.local_shape_k, head.local_shape_voxels) if given is None else \
-                torch.from_numpy(given).to(device=xyz.device, dtype=xyz.dtype).unsqueeze(0)
+            shape = torch.from_numpy(point_shape(xyz_np, head.local_shape_k, head.local_shape_voxels, point_features)
+                                     ).to(device=xyz.device, dtype=xyz.dtype).unsqueeze(0)
         for s in range(0, m, step):
             e = min(s + step, m)
             geometry = None if not head.geometry_dim else head.geometry_inputs(
@@ -191,9 +198,8 @@ class GraphRunner:
             feeds["points"] = np.ascontiguousarray(xyz[None], dtype=np.float32)
             feeds["nn_idx"] = nn_idx[None]
         if self.sig.local_shape_k:
-            given = None if point_features is None else point_features()
-            feeds["point_features"] = (local_shape(xyz, self.sig.local_shape_k, self.sig.local_shape_voxels)
-                                       if given is None else given)[None]
+            feeds["point_features"] = point_shape(xyz, self.sig.local_shape_k, self.sig.local_shape_voxels,
+                                                  point_features)[None]
         if self.sig.category:
             feeds["category"] = np.array([require_category(category)], dtype=np.int64)
         tokenized_at = time.perf_counter()
