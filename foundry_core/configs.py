@@ -125,8 +125,14 @@ class JEPAConfig:
     # weight of VICReg's variance + covariance terms on the context encoder's output tokens (0: off), against
     # the low-rank features the per-stage probe found in the pre-trained blocks (docs/results.md §1)
     vc_weight: float = 0.0
+    # targets from the last `target_layers` blocks of the EMA encoder: each block's output LayerNorm'd, then
+    # averaged (data2vec's layer-averaged targets; 1: the last block only, Point-JEPA). Every averaged block
+    # is asked to carry what the predictor must produce, not only the last.
+    target_layers: int = 1
 
     def __post_init__(self) -> None:
+        if self.target_layers < 1:
+            raise ConfigError("jepa.target_layers must be >= 1 (1: the last block's output)")
         if self.target_pos_noise < 0:
             raise ConfigError("jepa.target_pos_noise must be >= 0")
         if not self.vc_weight >= 0:

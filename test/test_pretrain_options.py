@@ -122,7 +122,7 @@ def test_mae_shapes_gradients_and_no_ema_branch():
 
 @pytest.mark.parametrize("jepa_kw", [dict(objective="mae"),
                                      dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
-                                     dict(FAST, vc_weight=0.05)])
+                                     dict(FAST, vc_weight=0.05), dict(FAST, target_layers=2)])
 def test_tiny_runs_lower_their_loss(tmp_path, jepa_kw):
     cfg = tiny_pretrain(tmp_path, epochs=4)
     cfg.jepa = dataclasses.replace(cfg.jepa, **jepa_kw)
@@ -141,7 +141,7 @@ def make_trainer(cfg):
 
 @pytest.mark.parametrize("jepa_kw", [dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
                                      dict(objective="mae", cpu_bf16=True), dict(FAST, target="position_residual"),
-                                     dict(FAST, vc_weight=0.05)])
+                                     dict(FAST, vc_weight=0.05), dict(FAST, target_layers=2)])
 def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
     def cfg(out):
         c = tiny_pretrain(tmp_path / out, epochs=2)
@@ -250,3 +250,28 @@ def test_variance_covariance_term_trains_the_context_encoder():
     torch.manual_seed(3)
     variance_covariance(masked_view(with_vc.backbone, points, with_vc.cfg).ctx).backward()
     assert with_vc.backbone.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_layer_averaged_targets_mean_of_normed_blocks():
+    from foundry_core.models.jepa import layer_averaged_targets
+    g = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(2, 5, 8, generator=g) * (i + 1) + i for i in range(4)]
+    assert layer_averaged_targets(hidden, 1) is hidden[-1]                 # Point-JEPA: the last block as it is
+    two = layer_averaged_targets(hidden, 2)
+    norm = torch.nn.functional.layer_norm
+    torch.testing.assert_close(two, (norm(hidden[2], (8,)) + norm(hidden[3], (8,))) / 2)
+    assert two.shape == (2, 5, 8) and two.dtype == torch.float32
+    with pytest.raises(ValueError, match="target_layers"):
+        layer_averaged_targets(hidden, 5)
+    with pytest.raises(Exception, match="target_layers"):
+        tiny_jepa(target_layers=0)
+
+
+def test_layer_averaged_targets_change_the_loss_and_train_the_context_encoder():
+    points = torch.randn(3, 128, 3, generator=torch.Generator().manual_seed(5))
+    last, averaged = jepa(**FAST), jepa(target_layers=2, **FAST)           # same init, same masks
+    loss = loss_with_seed(averaged, points)
+    assert not torch.allclose(loss, loss_with_seed(last, points))
+    loss.backward()
+    assert averaged.backbone.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in averaged.target.parameters())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -207,6 +208,17 @@ class JEPAPredictor(nn.Module):
         return self.out(self.norm(x[:, lc:])).reshape(b, m, lt, -1)
 
 
+def layer_averaged_targets(hidden: Sequence[torch.Tensor], layers: int) -> torch.Tensor:
+    """Mean of the LayerNorm'd outputs (B, c, D) of the last `layers` blocks -> (B, c, D) float32
+    (hidden: every block's raw output; 1: the last block's output as it is, the caller normalises)."""
+    if layers <= 1:
+        return hidden[-1]
+    if layers > len(hidden):
+        raise ValueError(f"jepa.target_layers {layers} > the encoder's {len(hidden)} blocks")
+    d = hidden[-1].shape[-1]
+    return torch.stack([F.layer_norm(h.float(), (d,)) for h in list(hidden)[-layers:]]).mean(0)
+
+
 def position_residual(tokens: torch.Tensor, pos: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """tokens (B, c, D) minus their least-squares fit (ridge, with a bias) from pos (B, c, P) over the whole
     batch -> (B, c, D) float32: what of each token its position alone does not explain."""
@@ -268,7 +280,7 @@ class PointJEPA(nn.Module):
             self.target.eval()
             t_tokens = gather_points(self.target.tokenizer.encoder(view.groups), view.order)
             t_pos = self.target.tokenizer.pos_embed(view.centers_seq)
-            y = self.target.encoder(t_tokens, t_pos).hidden[-1]
+            y = layer_averaged_targets(self.target.encoder(t_tokens, t_pos).hidden, self.cfg.target_layers)
             if self.cfg.target == "position_residual":
                 y = position_residual(y, t_pos)
             y = F.layer_norm(y.float(), (d,))
