@@ -120,7 +120,8 @@ class JEPAConfig:
     target: Literal["full", "position_residual"] = "full"
     context_tokens_only: bool = False   # online tokenizer embeds only the context groups (same groups, less work)
     predictor_batched: bool = False     # one predictor sequence per cloud for all target blocks (block-masked attention)
-    cpu_bf16: bool = False              # bfloat16 autocast of the training step on CPU (AMX / AVX512-BF16)
+    cpu_bf16: bool = False              # bfloat16 autocast of the training step on CPU where it has AMX / AVX512-BF16
+    #                                     (float32 elsewhere: emulated bf16 is ~10x slower; train/cpu_bf16.py)
     native_grouping: bool = False       # CPU: FPS by fpsample (vanilla kernel) and kNN by pykdtree at every size (same groups)
     # weight of VICReg's variance + covariance terms on the context encoder's output tokens (0: off), against
     # the low-rank features the per-stage probe found in the pre-trained blocks (docs/results.md §1)

@@ -87,7 +87,9 @@ def test_target_position_noise_only_while_training():
     torch.testing.assert_close(clean, exact)
 
 
-def test_bf16_step_returns_a_float32_loss_with_gradients():
+def test_bf16_step_returns_a_float32_loss_with_gradients(monkeypatch):
+    import foundry_core.stages.pretrain as stage
+    monkeypatch.setattr(stage, "use_cpu_bf16", lambda requested: requested)   # the bf16 path, on any CPU
     cfg = tiny_pretrain("unused")
     cfg.jepa = tiny_jepa(**FAST)
     torch.manual_seed(0)
@@ -275,3 +277,20 @@ def test_layer_averaged_targets_change_the_loss_and_train_the_context_encoder():
     loss.backward()
     assert averaged.backbone.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in averaged.target.parameters())
+
+
+def test_cpu_bf16_only_where_the_cpu_has_native_bf16(tmp_path, monkeypatch, caplog):
+    from foundry_core.train import cpu_bf16
+    amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
+    amx.write_text("processor : 0\nflags : fpu avx2 avx512f amx_bf16 amx_tile\n")
+    avx2.write_text("processor : 0\nflags : fpu avx2 fma\n")
+    assert cpu_bf16.native_cpu_bf16(str(amx)) and not cpu_bf16.native_cpu_bf16(str(avx2))
+    for native in (False, True):
+        monkeypatch.setattr(cpu_bf16, "native_cpu_bf16", lambda native=native: native)
+        cpu_bf16.use_cpu_bf16.cache_clear()
+        with caplog.at_level("WARNING"):
+            assert cpu_bf16.use_cpu_bf16(True) is native
+        assert ("no native bfloat16" in caplog.text) is (not native)
+        assert cpu_bf16.use_cpu_bf16(False) is False
+        caplog.clear()
+    cpu_bf16.use_cpu_bf16.cache_clear()

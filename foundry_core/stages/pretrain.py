@@ -14,6 +14,7 @@ from ..models.backbone import PointBackbone
 from ..models.io import save_backbone
 from ..models.jepa import PointJEPA
 from ..models.mae import PointMAE
+from ..train.cpu_bf16 import use_cpu_bf16
 from ..train.probe import linear_probe
 from ..train.trainer import Trainer
 from .common import decay_groups, eval_view, prepare_run_dir
@@ -28,7 +29,7 @@ class PretrainTask:
 
     def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         points = batch["points"]
-        bf16 = self.cfg.jepa.cpu_bf16 and points.device.type == "cpu"
+        bf16 = points.device.type == "cpu" and use_cpu_bf16(self.cfg.jepa.cpu_bf16)
         if not bf16:
             return net(points), {}
         # bf16 on CPU: the math attention kernel (AMX matmuls); the flash kernel's bf16 backward is slow
