@@ -11,7 +11,9 @@ bench_adaptation, up to ~131k returns; ~90k in this scene), three ways interleav
 
 It checks that every way gives the same labels, and writes the median / p90 latency of a Predictor
 call per way and point, the fastest way, the way calibrate() chose, and the speed-up of the chosen
-way over inline/all:
+way over inline/all. Its "knobs" section times the worker's two settings beside the network at the
+cheap points, interleaved the same way: the OpenMP threads of its kd-tree queries (KNOB_THREADS) and
+the slices of the fill (KNOB_CHUNKS), each against the shipped GeometryWorker():
 
     .venv/bin/python scripts/bench_frame_geometry.py [--frames 8] [--repeats 3]
         -> docs/results/frame_geometry.json (+ .png)
@@ -29,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WAYS = {"inline/all": (False, 0), "inline/-1": (False, -1), "beside/-1": (True, 0)}   # beside: the Predictor
 #                                                                                        # itself runs torch on one less
+KNOB_POINTS = ("p1k", "p2k", "p4k")
+KNOB_THREADS = (1, 2)                # worker_threads (the shipped default first)
+KNOB_CHUNKS = (8, 2, 16, 32)         # fill_chunks (the shipped default first)
 
 
 def main() -> int:
@@ -87,11 +92,46 @@ def main() -> int:
             print(f"[bench] {stream} {op.name}: " + "  ".join(f"{w} {row[w]['p50_ms']:.1f}" for w in WAYS) +
                   f"  fastest {fastest}, chosen {chosen[op.name]} ({row['speedup_chosen_vs_inline']:.2f}x)", flush=True)
         result["streams"][stream] = {"points_in": points_in, "frames": len(frames) * args.repeats, "points": rows}
+    result["knobs"] = knob_sweep(predictor, streams, args.repeats)
     result["labels_identical"] = True
     out = write_json(args.out, result)
     plot(result, out.with_suffix(".png"))
     print(f"[bench] -> {out} (+ .png)")
     return 0
+
+
+def knob_sweep(predictor, streams: dict, repeats: int) -> dict:
+    """Median latency beside the network per worker setting (worker_threads, fill_chunks), one
+    changed at a time from the shipped GeometryWorker(), frames interleaved across settings."""
+    from foundry_core.runtime.frame_geometry import GeometryWorker
+    settings = {f"threads{t}/chunks{c}": (t, c) for t, c in
+                [(t, KNOB_CHUNKS[0]) for t in KNOB_THREADS] + [(KNOB_THREADS[0], c) for c in KNOB_CHUNKS[1:]]}
+    workers = {name: GeometryWorker(worker_threads=t, fill_chunks=c) for name, (t, c) in settings.items()}
+    shipped, out = predictor.geometry_worker, {"settings": {n: {"worker_threads": t, "fill_chunks": c}
+                                                            for n, (t, c) in settings.items()}, "streams": {}}
+    ops = {op.name: op for op in predictor.operating_points}
+    try:
+        for stream, frames in streams.items():
+            rows = {}
+            for name in KNOB_POINTS:
+                lat: dict[str, list[float]] = {n: [] for n in settings}
+                for rep in range(repeats + 1):
+                    for pts, _ in frames:
+                        for setting, worker in workers.items():
+                            predictor.geometry_worker = worker
+                            t = time.perf_counter()
+                            predictor(pts, operating_point=ops[name], overlap=True)
+                            if rep:
+                                lat[setting].append((time.perf_counter() - t) * 1e3)
+                rows[name] = {n: round(float(np.median(v)), 2) for n, v in lat.items()}
+                print(f"[bench] knobs {stream} {name}: " + "  ".join(f"{n} {v:.1f}" for n, v in rows[name].items()),
+                      flush=True)
+            out["streams"][stream] = rows
+    finally:
+        predictor.geometry_worker = shipped
+        for worker in workers.values():
+            worker.close()
+    return out
 
 
 def plot(result: dict, path: Path) -> None:

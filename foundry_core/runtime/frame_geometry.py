@@ -111,10 +111,11 @@ class FrameGeometry:
 class GeometryWorker:
     """One worker thread for FrameGeometry jobs, started on first use. ``worker_threads``: the OpenMP
     threads of the worker's kd-tree queries (1: the network keeps the other cores; None: the library
-    default); scripts/bench_frame_geometry.py measures the ways against each other."""
+    default); ``fill_chunks``: the slices of the fill. scripts/bench_frame_geometry.py measures both
+    knobs (its "knobs" section) and the ways against each other."""
 
-    def __init__(self, worker_threads: int | None = 1):
-        self.worker_threads = worker_threads
+    def __init__(self, worker_threads: int | None = 1, fill_chunks: int = FILL_CHUNKS):
+        self.worker_threads, self.fill_chunks = worker_threads, int(fill_chunks)
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
@@ -132,7 +133,7 @@ class GeometryWorker:
                                             initializer=self._init_thread)
             self._pid = os.getpid()
         pending = None if features is None else self._pool.submit(features)
-        queries = FillQueries(cloud, pre, FILL_CHUNKS)
+        queries = FillQueries(cloud, pre, self.fill_chunks)
         return FrameGeometry(pending, queries=queries,
                              slices=[self._pool.submit(queries.query, i) for i in range(queries.num_slices)])
 
