@@ -130,6 +130,11 @@ class JEPAConfig:
     # averaged (data2vec's layer-averaged targets; 1: the last block only, Point-JEPA). Every averaged block
     # is asked to carry what the predictor must produce, not only the last.
     target_layers: int = 1
+    # keep the tokenizer's positional embedding (an MLP of the center coordinates, added before every block) at
+    # its random initialisation, in both encoders: max+mean pooled, those random features of the centers are
+    # most of what makes a random encoder a strong linear-probe baseline (probe_by_layer.json: one random block
+    # lifts the tokens from 41.8 to 61.7 %); pre-training then adds to them instead of replacing them
+    freeze_pos_embed: bool = False
 
     def __post_init__(self) -> None:
         if self.target_layers < 1:

@@ -143,7 +143,8 @@ def make_trainer(cfg):
 
 @pytest.mark.parametrize("jepa_kw", [dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
                                      dict(objective="mae", cpu_bf16=True), dict(FAST, target="position_residual"),
-                                     dict(FAST, vc_weight=0.05), dict(FAST, target_layers=2)])
+                                     dict(FAST, vc_weight=0.05), dict(FAST, target_layers=2),
+                                     dict(FAST, freeze_pos_embed=True)])
 def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
     def cfg(out):
         c = tiny_pretrain(tmp_path / out, epochs=2)
@@ -294,3 +295,18 @@ def test_cpu_bf16_only_where_the_cpu_has_native_bf16(tmp_path, monkeypatch, capl
         assert cpu_bf16.use_cpu_bf16(False) is False
         caplog.clear()
     cpu_bf16.use_cpu_bf16.cache_clear()
+
+
+def test_frozen_positional_embedding_stays_at_init_while_the_rest_trains(tmp_path):
+    cfg = tiny_pretrain(tmp_path, epochs=2)
+    cfg.jepa = dataclasses.replace(cfg.jepa, **FAST, freeze_pos_embed=True)
+    trainer = make_trainer(cfg)
+    model = trainer.model
+    pos0 = {k: v.clone() for k, v in model.backbone.tokenizer.pos_embed.state_dict().items()}
+    block0 = model.backbone.encoder.blocks[0].attn.qkv.weight.detach().clone()
+    trainer.fit()
+    for k, v in model.backbone.tokenizer.pos_embed.state_dict().items():
+        assert torch.equal(v, pos0[k]), k                                        # online: untouched
+        torch.testing.assert_close(model.target.tokenizer.pos_embed.state_dict()[k], pos0[k])   # EMA of equal weights
+    assert not torch.equal(model.backbone.encoder.blocks[0].attn.qkv.weight, block0)          # the rest trains
+    assert all(not p.requires_grad for p in model.backbone.tokenizer.pos_embed.parameters())

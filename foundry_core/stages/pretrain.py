@@ -66,7 +66,10 @@ class PretrainTask:
 def build_pretrain_model(cfg: PretrainConfig) -> PointJEPA | PointMAE:
     """The pre-training model of cfg.jepa.objective around a fresh PointBackbone(cfg.model)."""
     cls = PointMAE if cfg.jepa.objective == "mae" else PointJEPA
-    return cls(PointBackbone(cfg.model), cfg.jepa)
+    backbone = PointBackbone(cfg.model)
+    if cfg.jepa.freeze_pos_embed:              # random features of the centers, kept (and copied to the EMA target)
+        backbone.tokenizer.pos_embed.requires_grad_(False)
+    return cls(backbone, cfg.jepa)
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
