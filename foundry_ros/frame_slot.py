@@ -41,6 +41,11 @@ class NewestFrameSlot:
             frame, self._frame = self._frame, None
         return frame
 
+    @property
+    def waiting(self) -> bool:
+        """True while a frame is parked (not taken yet)."""
+        return self._frame is not None
+
     def stop(self) -> None:
         """Wake every waiting ``take`` (they return None from now on)."""
         with self._cond:

@@ -50,7 +50,8 @@ class StatsSnapshot:
 
     received: int
     frames: int
-    stale: int
+    stale: int          # superseded by a newer cloud: overwritten in the slot, or abandoned late (abandoned)
+    abandoned: int      # abandoned between stages, past the deadline with a newer cloud waiting
     dropped_age: int
     lost: int  # publications never received (sequence gaps: transport loss, reader history overwrite)
     decode_errors: int
@@ -79,7 +80,7 @@ class FrameStats:
     def __init__(self, initial_budget: int = 0, latency_window: int = 200) -> None:
         self._lock = threading.Lock()
         self._latency = LatencyStats(latency_window)
-        self._n = dict.fromkeys(("received", "frames", "stale", "dropped_age", "lost", "decode_errors",
+        self._n = dict.fromkeys(("received", "frames", "stale", "abandoned", "dropped_age", "lost", "decode_errors",
                                  "predictor_errors", "publish_errors", "missing_extra", "messages_lost",
                                  "incompatible_qos"), 0)
         self._incompatible_recent = 0
@@ -111,6 +112,12 @@ class FrameStats:
     def dropped_age(self) -> None:
         self._add("dropped_age")
 
+    def abandoned_late(self) -> None:
+        """A frame taken from the slot was abandoned for a newer one: superseded, like a stale one."""
+        with self._lock:
+            self._n["abandoned"] += 1
+            self._n["stale"] += 1
+
     def decode_error(self) -> None:
         with self._lock:
             self._n["decode_errors"] += 1
@@ -126,6 +133,11 @@ class FrameStats:
 
     def missing_extra(self) -> None:
         self._add("missing_extra")
+
+    @property
+    def abandoned_total(self) -> int:
+        """Frames abandoned late so far."""
+        return self._n["abandoned"]
 
     @property
     def lost_total(self) -> int:

@@ -91,7 +91,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from foundry_core.runtime.types import CalibrationStopped
+from foundry_core.runtime.types import CalibrationStopped, FrameAbandoned
 from foundry_ros import params as P
 from foundry_ros import debug_outputs as debug
 from foundry_ros.budget import BudgetController
@@ -503,8 +503,14 @@ class FoundryNode(Node):
         else:
             how = {"budget": control.budget}
         try:
-            result = self._predictor(points, **how, fusion_threshold=P.fusion_threshold_arg(p["fusion_threshold"]))
+            result = self._predictor(points, **how, fusion_threshold=P.fusion_threshold_arg(p["fusion_threshold"]),
+                                     abandon=self._abandon_check(frame, control, p))
             check_result(result, decoded.num_points)
+        except FrameAbandoned:
+            self._stats.abandoned_late()
+            self.get_logger().info(f"abandoned a late cloud from {frame.topic} for a newer one "
+                                   f"({self._stats.abandoned_total} so far)", throttle_duration_sec=_LOG_THROTTLE_S)
+            raise _SkipFrame from None
         except Exception as e:
             self._stats.predictor_error()
             self.get_logger().error(
@@ -513,6 +519,17 @@ class FoundryNode(Node):
                 throttle_duration_sec=_LOG_THROTTLE_S)
             raise _SkipFrame from e
         return result
+
+    def _abandon_check(self, frame: Frame, control: P.FrameControl, p: dict[str, Any]) -> Any:
+        """The predictor's abandon callback (abandon_late_frames): the frame is past its deadline and a
+        newer cloud is waiting in the slot. None when the parameter is off."""
+        if not p["abandon_late_frames"]:
+            return None
+
+        def late_and_superseded() -> bool:
+            return self._slot.waiting and frame_age_s(frame.msg.header.stamp, frame.recv_mono, time.monotonic(),
+                                                      self.get_clock().now().nanoseconds) > control.deadline_s
+        return late_and_superseded
 
     def _publish_outputs(self, header: Any, decoded: DecodedCloud, result: Any, p: dict[str, Any],
                          times: StageTimes) -> None:

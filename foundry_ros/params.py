@@ -107,6 +107,11 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("max_age_s", 0.5, "float",
               "Frames older than this (node clock minus header stamp; receive time if the stamp is 0) "
               "are dropped before inference. 0 disables the check.", lo=0.0, hi=3600.0),
+    ParamSpec("abandon_late_frames", True, "bool",
+              "Abandon a frame between stages once it is past the deadline and a newer cloud is waiting: the "
+              "newer one starts at once instead of queueing behind a late result (after a machine stall the "
+              "next frame then still meets its deadline). Abandoned frames count as stale (superseded) and in "
+              "diagnostics frames_abandoned_late. false: every frame taken is finished, however late."),
     ParamSpec("frame_id_override", "", "str",
               "If non-empty, replaces header.frame_id of the outputs (default: the input's frame)."),
     # --- latency controller (shared) and token budget (models without operating points) ------------

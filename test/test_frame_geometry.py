@@ -151,3 +151,36 @@ def test_calibrate_stops_when_asked(model_path):
     with pytest.raises(CalibrationStopped):
         pred.calibrate(repeats=1, should_stop=stop_after_three)
     assert len(calls) == 4                                     # checked before every call, stopped at once
+
+
+def test_an_abandoned_call_stops_between_stages_and_the_next_call_is_unaffected(model_path):
+    from foundry_core.runtime.types import FrameAbandoned
+    pred = Predictor.from_checkpoint(model_path, device="cpu", preprocess=scene_pre(max_points=600))
+    pts = cloud(5000, seed=4)
+    expect = pred(pts, operating_point="hi")
+    for overlap in (True, False):
+        for answers in ([True], [False, True]):                   # after preprocessing / after the network
+            asked = []
+
+            def abandon(answers=answers, asked=asked):
+                asked.append(1)
+                return answers[len(asked) - 1]
+            with pytest.raises(FrameAbandoned):
+                pred(pts, operating_point="hi", overlap=overlap, abandon=abandon)
+            assert len(asked) == len(answers)
+        kept = pred(pts, operating_point="hi", overlap=overlap, abandon=lambda: False)   # asked twice, never stops
+        for name in ("labels", "confidence", "segments"):
+            np.testing.assert_array_equal(getattr(kept, name), getattr(expect, name))
+
+
+def test_cancel_leaves_the_worker_free_for_the_next_frame():
+    pts, pre = _pre()
+    worker = GeometryWorker()
+    try:
+        geometry = worker.submit(pts, pre, 8, threaded=True)
+        geometry.cancel()
+        geometry.wait()                                            # returns: cancelled jobs are not waited for
+        again = worker.submit(pts, pre, 8, threaded=True)
+        np.testing.assert_array_equal(again.fill()[1], fill_from_used(pts, pre)[1])
+    finally:
+        worker.close()

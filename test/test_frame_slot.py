@@ -48,3 +48,12 @@ def test_frame_age_from_the_stamp_or_the_receive_time():
     assert frame_age_s(stamp, 0.0, 0.0, 100 * 10**9) == 0.0  # stamped in the future: not negative
     zero = SimpleNamespace(sec=0, nanosec=0)
     assert frame_age_s(zero, 10.0, 10.25, 123) == pytest.approx(0.25)
+
+
+def test_waiting_says_whether_a_frame_is_parked():
+    slot = NewestFrameSlot()
+    assert not slot.waiting
+    slot.put(Frame("a", 1.0, "/p"))
+    assert slot.waiting
+    slot.take()
+    assert not slot.waiting

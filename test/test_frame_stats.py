@@ -92,3 +92,15 @@ def test_counts_from_many_threads_add_up():
         t.join()
     snap = stats.snapshot()
     assert (snap.received, snap.stale, snap.decode_errors) == (4000, 4000, 4000)
+
+
+def test_an_abandoned_frame_counts_as_stale_and_as_abandoned():
+    stats = FrameStats()
+    stats.received(replaced_stale=False)
+    stats.abandoned_late()                       # taken, then abandoned for a newer cloud
+    stats.received(replaced_stale=False)
+    record = stats.frame_done(0.05, 0.1, tokens=16, budget=16)
+    snap = stats.snapshot()
+    assert (snap.stale, snap.abandoned, stats.abandoned_total) == (1, 1, 1)
+    assert record.stale == 1 and record.stale_total == 1       # every received cloud is accounted once
+    assert snap.received == snap.frames + snap.stale

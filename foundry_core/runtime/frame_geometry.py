@@ -101,6 +101,13 @@ class FrameGeometry:
             return True
         return False
 
+    def cancel(self) -> None:
+        """Cancel the jobs the worker has not started (the frame is abandoned; wait() still waits for
+        the one it is running)."""
+        for job in [self._features, *self._slices]:
+            if isinstance(job, Future):
+                job.cancel()
+
     def wait(self) -> None:
         """Block until the worker has finished this frame's jobs (errors are left to the accessors)."""
         for job in [self._features, *self._slices]:

@@ -33,6 +33,10 @@ range, cheapest first (its metadata's list, or a default set derived from the Pr
 max_centers (min_centers capped at it) and the budget / fusion threshold (explicit budget= /
 fusion_threshold= still win). ``calibrate`` measures each point's median latency.
 
+Abandon. ``abandon=`` (a callable) is asked between stages (after preprocessing, after the network);
+when it returns True the call stops, cancels the frame's geometry jobs not started yet and raises
+FrameAbandoned (the node abandons a frame past its deadline when a newer one is waiting).
+
 Memory. max_points (PreprocessConfig) caps the points that reach the model; the tokenizer holds
 (c, k, C) groups, the head (head_chunk, 3 * D) features per chunk; the points removed by the cap are
 labelled through a kd-tree, so 2^18-point clouds never materialise (N, c) or (N, M) matrices.
@@ -65,8 +69,8 @@ from .frame_geometry import GeometryWorker
 from .postprocess import postprocess
 from .preprocess import Preprocessed, PreprocessConfig, as_cloud, preprocess
 from .runners import GraphRunner, TorchRunner
-from .types import (CalibrationStopped, FrameReport, LabelInfo, NetworkOutput, NonFiniteOutputError,
-                    PredictorResult)
+from .types import (CalibrationStopped, FrameAbandoned, FrameReport, LabelInfo, NetworkOutput,
+                    NonFiniteOutputError, PredictorResult)
 
 log = logging.getLogger(__name__)
 SHARED = ""          # the BatchNorm statistics shared by every operating point (the model's own)
@@ -493,9 +497,10 @@ class Predictor:
 
     def __call__(self, points: np.ndarray, budget: int | None = None, fusion_threshold: float | None = None,
                  category: int | None = None, operating_point: OperatingPoint | str | None = None,
-                 overlap: bool | None = None) -> PredictorResult:
+                 overlap: bool | None = None, abandon: Callable[[], bool] | None = None) -> PredictorResult:
         """points (N, 3+F) or (H, W, 3+F) -> PredictorResult (see the module docstring).
-        overlap: run the frame's geometry beside the network (None: as overlaps() says)."""
+        overlap: run the frame's geometry beside the network (None: as overlaps() says);
+        abandon: asked between stages, True stops the call with FrameAbandoned."""
         t0 = time.perf_counter()
         op = self._resolve_operating_point(operating_point)
         self._use_statistics_of(op)
@@ -507,6 +512,8 @@ class Predictor:
         name = "" if op is None else op.name
         if pre.num_points == 0:
             return self._empty(cloud.shape[0], pre, token_budget, r, t0, t1, name)
+        if abandon is not None and abandon():
+            raise FrameAbandoned("abandoned after preprocessing")
         category = self.cfg.category if category is None else category
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
         overlap = self.overlaps(op) if overlap is None else overlap
@@ -518,6 +525,9 @@ class Predictor:
                 net = self.runner(pts, pre.xyz, pre.num_centers, gen, b, r, category,
                                   point_features=geometry.point_features)
             check_finite(net)
+            if abandon is not None and abandon():
+                geometry.cancel()
+                raise FrameAbandoned("abandoned after the network")
             t4 = time.perf_counter()
             labels, confidence, segments = postprocess(cloud, pre, net, geometry.fill())
         finally:

@@ -14,6 +14,11 @@ class CalibrationStopped(RuntimeError):
     """Predictor.calibrate was asked to stop (its should_stop callback returned True), e.g. by a shutdown."""
 
 
+class FrameAbandoned(RuntimeError):
+    """A Predictor call was abandoned between stages: its ``abandon`` callback returned True (e.g. the
+    frame is past its deadline and a newer one is waiting). Nothing of the frame is returned."""
+
+
 @dataclass
 class FrameReport:
     """What one predictor call did."""

@@ -81,7 +81,8 @@ class FakePredictor:
         return [LabelInfo(0, "x_not_positive", (1.0, 0.0, 0.0, 1.0)),
                 LabelInfo(1, "x_positive", (0.0, 1.0, 0.0, 1.0))]
 
-    def __call__(self, points, budget=None, fusion_threshold=None, operating_point=None) -> PredictorResult:
+    def __call__(self, points, budget=None, fusion_threshold=None, operating_point=None,
+                 abandon=None) -> PredictorResult:
         t0 = time.perf_counter()
         op = self._operating_point(operating_point) if operating_point is not None else None
         pts = np.asarray(points, dtype=np.float32)
@@ -103,6 +104,9 @@ class FakePredictor:
             if fusion_threshold is None and op.fusion_threshold is not None:
                 fusion_threshold = op.fusion_threshold
             time.sleep(self.point_cost_s[op.name] * self.load)
+        if abandon is not None and abandon():           # asked after the "network", as the Predictor does
+            from foundry_core.runtime.types import FrameAbandoned
+            raise FrameAbandoned("abandoned after the network")
         labels = (pts[:, 0] > 0).astype(np.int32)
         confidence = np.where(labels == 1, 0.9, 0.6).astype(np.float32)
         if pts.shape[1] > 3:
