@@ -146,6 +146,7 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
         "p50_ms": float(np.percentile(lat, 50)) if reps else 0.0,
         "p95_ms": float(np.percentile(lat, 95)) if reps else 0.0,
         "hit_rate_after_10": float(np.mean(hits)) if hits else 0.0,
+        "hit_rate_after_10_all_frames": all_frames_hit_rate(after),
         "mean_budget": float(np.mean([r["token_budget"] for r in reps])) if reps else 0.0,
         "miou": mean_iou(conf) if has_truth else None, "baseline_miou": mean_iou(base) if has_truth else None,
         "mean_miou": float(np.mean(frame_ious)) if frame_ious else None,
@@ -167,6 +168,14 @@ def summarize(state: DemoState, truth: dict[int, np.ndarray], num_classes: int, 
                                       [r["deadline_ms"] for r in trace], [r["point_rank"] for r in trace],
                                       event_times, order))
     return summary, trace
+
+
+def all_frames_hit_rate(reports: list[dict]) -> float:
+    """Share of the clouds of a run's stretch within the deadline, counting every cloud superseded by a
+    newer one (overwritten in the slot or abandoned late: each report's frames_dropped_stale) as a miss."""
+    superseded = sum(int(r["frames_dropped_stale"]) for r in reports)
+    total = len(reports) + superseded
+    return sum(r["latency_ms"] <= r["deadline_ms"] for r in reports) / total if total else 0.0
 
 
 def point_latency_p50(reps: list[dict], order: list[str]) -> dict[str, float]:
@@ -615,7 +624,9 @@ def print_summary(s: dict, out: Path) -> None:
     print("[demo] ---------------------------------------------------------------", flush=True)
     print(f"[demo] {s['frames']} frames from {s['source']} on {s['backend']}: latency p50 {s['p50_ms']:.1f} ms, "
           f"p95 {s['p95_ms']:.1f} ms; deadline {s['deadline_ms']:.0f} ms met on {100 * s['hit_rate_after_10']:.1f} % "
-          f"of frames after the first 10; mean token budget {s['mean_budget']:.0f}", flush=True)
+          f"of frames after the first 10 ({100 * s['hit_rate_after_10_all_frames']:.1f} % counting the "
+          f"{s['frames_dropped_stale']} clouds superseded as misses); mean token budget {s['mean_budget']:.0f}",
+          flush=True)
     print("[demo] node stages (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms_median"].items()),
           flush=True)
     if s["point_histogram"]:

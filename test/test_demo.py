@@ -49,6 +49,7 @@ def test_demo_on_simulated_stream(tmp_path):
     after = [ok for i, ok in frames if i >= 10]
     assert after and s["hit_rate_after_10"] == pytest.approx(sum(after) / len(after))
     assert f"met on {100 * s['hit_rate_after_10']:.1f} % of frames after the first 10" in stdout
+    assert 0.0 <= s["hit_rate_after_10_all_frames"] <= s["hit_rate_after_10"]     # superseded clouds are misses
     # mIoU against the simulator's truth, in %: the tiny random model labels some points right, and
     # the all-ground baseline scores the ground class
     assert 0.0 < s["miou"] <= 100.0 and 0.0 < s["baseline_miou"] <= 100.0

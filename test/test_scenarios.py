@@ -160,10 +160,11 @@ def test_median_and_the_benchmark_schema():
             "dense_sweep": [{"mean_points_in": 131000.0, "hit_rate_after_10": 0.5}]}
     out = aggregate(runs)
     assert {k: set(v) for k, v in out.items()} == {k: set(f) for k, (_, f) in SCHEMA.items()}
-    assert out["steady"] == {"frames": 299, "hit_rate_after_10": 0.95, "p95_ms": 80.0, "mean_miou": 31.0}
+    assert out["steady"] == {"frames": 299, "hit_rate_after_10": 0.95, "hit_rate_after_10_all_frames": None,
+                             "p95_ms": 80.0, "mean_miou": 31.0}
     assert out["cpu_hog"] == {"settle_frames": None, "hit_rate_after_settle": None, "recover_frames": 3}
     assert out["deadline_step"] == {"settle_frames": None, "hit_rate_after_settle": None}
-    assert out["dense_sweep"] == {"points": 131000, "hit_rate_after_10": 0.5}
+    assert out["dense_sweep"] == {"points": 131000, "hit_rate_after_10": 0.5, "hit_rate_after_10_all_frames": None}
     row = {"name": "a", "points": 1, "centers": 2, "budget": 3, "miou": 4.0}
     pts = calibrated_points([[{**row, "latency_ms": 10.0}], [], [{**row, "latency_ms": 30.0}],
                              [{**row, "latency_ms": 12.0}]])
@@ -237,3 +238,12 @@ def test_demo_summary_gives_each_chosen_points_median_latency():
     reps = [{"operating_point": "p2k", "latency_ms": v} for v in (40.0, 50.0, 46.0)] + \
         [{"operating_point": "p6k", "latency_ms": 61.0}]
     assert point_latency_p50(reps, ["p2k", "p4k", "p6k"]) == {"p2k": 46.0, "p6k": 61.0}
+
+
+def test_all_frames_hit_rate_counts_superseded_clouds_as_misses():
+    from foundry_ros.demo import all_frames_hit_rate
+    reports = [{"latency_ms": 50.0, "deadline_ms": 100.0, "frames_dropped_stale": 0},
+               {"latency_ms": 150.0, "deadline_ms": 100.0, "frames_dropped_stale": 0},
+               {"latency_ms": 60.0, "deadline_ms": 100.0, "frames_dropped_stale": 2}]   # 2 superseded before it
+    assert all_frames_hit_rate(reports) == pytest.approx(2 / 5)
+    assert all_frames_hit_rate([]) == 0.0
