@@ -440,6 +440,15 @@ class BudgetController(LatencyController):
         self._budget = self._decide(tok)
         return self._budget
 
+    def late_frame(self) -> int:
+        """A frame that missed the deadline without a latency to learn from (the node abandoned it for a
+        newer cloud): it extends the over-deadline streak (``miss_backoff_frames`` then cuts the budget)
+        and teaches the model nothing. Returns the next budget."""
+        self._frames += 1
+        self._over_streak += 1
+        self._budget = self._decide(self._last_tokens if self._last_tokens else self._budget)
+        return self._budget
+
     def set_bounds(self, min_budget: int, max_budget: int) -> int:
         """Change the budget clamp; the current budget is clamped immediately and returned."""
         return self.reconfigure(min_budget=min_budget, max_budget=max_budget)

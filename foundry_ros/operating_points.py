@@ -242,6 +242,15 @@ class OperatingPointController(LatencyController):
         self._decide(late)
         return self.point
 
+    def late_frame(self) -> str:
+        """A frame that missed the deadline without a latency to learn from (the node abandoned it for a
+        newer cloud): down at once, as for any late frame; the cost model learns nothing. Returns the
+        next point."""
+        self._frames += 1
+        self._over_streak += 1
+        self._decide(late=True)
+        return self.point
+
     def reconfigure(self, **changes: Any) -> str:
         """Replace any config fields at run time (validated; on error nothing changes).
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""abandon_late_frames off vs on, side by side: the dense sweep replay of bench_adaptation (KITTI HDL-64
-scans when ../shared is there, else the dense simulated LiDAR, 10 Hz, 100 ms deadline), demo runs
-alternating off / on so that the machine's stalls fall on both alike.
+"""abandon_late_frames off vs on, side by side, in bench_adaptation's scenarios (default: the dense sweep
+replay, KITTI HDL-64 scans when ../shared is there, else the dense simulated LiDAR, 10 Hz, 100 ms
+deadline; and the deadline step 100 -> 50 ms), demo runs alternating off / on so that the machine's
+stalls fall on both alike.
 
-    .venv/bin/python scripts/bench_abandon.py [--runs 3] [--duration 30]
+    .venv/bin/python scripts/bench_abandon.py [--runs 3] [--duration 30] [--scenarios dense_sweep deadline_step]
         -> docs/results/abandon_late_frames.json
 
-Per run: the hit rate after the first 10 frames over the frames the node processed, and over every
-cloud (a cloud superseded by a newer one, overwritten while waiting or abandoned late, is a miss),
-the clouds superseded, and the p95 latency; medians per setting.
+Per run: the scenario's fields of adaptation.json, the hit rate after the first 10 frames over the
+frames the node processed and over every cloud (a cloud superseded by a newer one, overwritten while
+waiting or abandoned late, is a miss), the clouds superseded and the p95 latency; medians per setting.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FIELDS = ("hit_rate_after_10", "hit_rate_after_10_all_frames", "frames", "frames_dropped_stale", "p95_ms")
+COMMON = ("hit_rate_after_10", "hit_rate_after_10_all_frames", "frames", "frames_dropped_stale", "p95_ms")
 
 
 def main() -> int:
@@ -29,32 +30,42 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--work", default=str(ROOT / "runs/bench_abandon"))
     ap.add_argument("--out", default=str(ROOT / "docs/results/abandon_late_frames.json"))
+    ap.add_argument("--scenarios", nargs="+", default=["dense_sweep", "deadline_step"],
+                    help="keys of bench_adaptation's SCHEMA")
     args = ap.parse_args()
     from foundry_core.stages.common import write_json
-    from foundry_ros.bench_adaptation import dense_source, run_demo
+    from foundry_ros.bench_adaptation import SCHEMA, dense_source, run_demo
     from foundry_ros.scenarios import median_or_none
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     dense_args, words = dense_source("auto", work)
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    result: dict = {"dense_source": words, "duration_s": args.duration, "scenarios": {}}
     t0 = time.monotonic()
-    for k in range(args.runs):
-        for setting in ("off", "on"):
-            print(f"[abandon] run {k + 1}/{args.runs}, abandon_late_frames {setting} "
-                  f"[{(time.monotonic() - t0) / 60:.1f} min]", flush=True)
-            value = "true" if setting == "on" else "false"
-            summary = run_demo(["--scenario", "steady", "--duration", str(args.duration), *dense_args,
-                                "--param", f"abandon_late_frames={value}"],
-                               work / setting / f"run{k + 1}", timeout_s=args.duration + 600)
-            if summary is not None:
-                runs[setting].append({f: summary.get(f) for f in FIELDS})
-                print(f"[abandon] {setting}: " + ", ".join(f"{f} {summary.get(f)}" for f in FIELDS), flush=True)
-    result = {"source": words, "duration_s": args.duration, "runs": runs,
-              "median": {s: {f: median_or_none([r[f] for r in rs]) for f in FIELDS} for s, rs in runs.items()}}
-    write_json(args.out, result)
-    print(f"[abandon] -> {args.out}: {result['median']}", flush=True)
-    return 0 if runs["off"] and runs["on"] else 1
+    for key in args.scenarios:
+        demo_scenario, schema_fields = SCHEMA[key]
+        fields = tuple(dict.fromkeys(schema_fields + COMMON))
+        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        for k in range(args.runs):
+            for setting in ("off", "on"):
+                print(f"[abandon] {key} run {k + 1}/{args.runs}, abandon_late_frames {setting} "
+                      f"[{(time.monotonic() - t0) / 60:.1f} min]", flush=True)
+                value = "true" if setting == "on" else "false"
+                summary = run_demo(["--scenario", demo_scenario, "--duration", str(args.duration),
+                                    *(dense_args if key == "dense_sweep" else []),
+                                    "--param", f"abandon_late_frames={value}"],
+                                   work / key / setting / f"run{k + 1}", timeout_s=args.duration + 600)
+                if summary is not None:
+                    row = {f: summary.get("mean_points_in" if f == "points" else f) for f in fields}
+                    runs[setting].append(row)
+                    print(f"[abandon] {key} {setting}: " + ", ".join(f"{f} {v}" for f, v in row.items()), flush=True)
+        result["scenarios"][key] = {
+            "runs": runs, "median": {s: {f: median_or_none([r[f] for r in rs]) for f in fields}
+                                     for s, rs in runs.items()}}
+        write_json(args.out, result)
+        print(f"[abandon] {key}: {result['scenarios'][key]['median']}", flush=True)
+    print(f"[abandon] -> {args.out}", flush=True)
+    return 0 if all(v["runs"]["off"] and v["runs"]["on"] for v in result["scenarios"].values()) else 1
 
 
 if __name__ == "__main__":

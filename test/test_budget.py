@@ -244,3 +244,17 @@ def test_good_config_normalises_types():
     assert cfg.target_s == pytest.approx(0.85)
     with pytest.raises(TypeError):
         BudgetController({"deadline_s": 0.1})  # type: ignore[arg-type]
+
+
+def test_late_frames_without_a_latency_extend_the_streak_and_back_off():
+    ctl = make(initial_budget=10000, miss_backoff_frames=3, outlier_threshold=math.inf)
+    ctl.update(0.05, 10000)
+    model_before = ctl._model.coefficients()
+    start = ctl.budget
+    for k in range(3):
+        ctl.late_frame()                                  # abandoned frames: no latency, still misses
+        assert ctl.state.over_deadline_streak == k + 1
+    assert ctl.budget < start                             # the streak forced the budget down
+    assert ctl._model.coefficients() == model_before      # and the latency model learned nothing
+    ctl.update(0.01, ctl.budget)
+    assert ctl.state.over_deadline_streak == 0

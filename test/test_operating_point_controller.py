@@ -264,3 +264,14 @@ def test_point_costs_from_calibration_model_card_or_estimate():
     table = calibration_table(ops, *point_costs(ops, {"fast": 8.0}), ladder=("fast",),
                               geometry={"fast": True, "mid": False})
     assert [line.split()[-1] for line in table.splitlines()] == ["geometry", "beside", "inline", "-"]
+
+
+def test_a_late_frame_without_a_latency_steps_down_and_learns_nothing():
+    ctl = make()
+    run_plant(ctl, 40, noise=0.0)                          # settled at the richest feasible point
+    rank, load = NAMES.index(ctl.point), ctl.state.load_factor
+    assert rank == RICHEST_FEASIBLE
+    assert ctl.late_frame() == NAMES[rank - 1]             # down at once, as for a measured late frame
+    assert ctl.state.over_deadline_streak == 1 and ctl.state.load_factor == load
+    ctl.update(COSTS[rank - 1], NAMES[rank - 1])
+    assert ctl.state.over_deadline_streak == 0
