@@ -510,7 +510,7 @@ class FoundryNode(Node):
             self._stats.abandoned_late()
             if p["controller_enabled"]:      # a late frame the controller must see, or it would stay too rich
                 with self._lock:
-                    P.observe_late_frame(self._controller)
+                    self._controller.late_frame()   # both controllers have it
             self.get_logger().info(f"abandoned a late cloud from {frame.topic} for a newer one "
                                    f"({self._stats.abandoned_total} so far)", throttle_duration_sec=_LOG_THROTTLE_S)
             raise _SkipFrame from None

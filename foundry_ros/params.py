@@ -42,7 +42,7 @@ __all__ = [
     "coerce_value", "normalise", "controller_config", "controller_changes", "plan_change", "frame_budget",
     "effective_bounds", "fusion_threshold_arg", "PeriodEstimator", "diagnostic_level",
     "OK", "WARN", "ERROR", "AUTO", "check_operating_point", "op_controller_config", "FrameControl",
-    "frame_control", "follow_sensor_period", "observe_frame", "observe_late_frame", "ROS_STANDARD_PARAMS", "unknown_parameter_messages",
+    "frame_control", "follow_sensor_period", "observe_frame", "ROS_STANDARD_PARAMS", "unknown_parameter_messages",
 ]
 
 RELIABILITY_CHOICES = ("best_effort", "reliable")
@@ -428,11 +428,6 @@ def observe_frame(controller: BudgetController | OperatingPointController, laten
         controller.update(latency_s, operating_point, overhead_s)
     else:
         controller.update(latency_s, tokens)
-
-
-def observe_late_frame(controller: BudgetController | OperatingPointController) -> None:
-    """Tell the controller a frame missed its deadline without a measured latency (abandoned late)."""
-    controller.late_frame()
 
 
 def fusion_threshold_arg(value: float) -> float | None:
