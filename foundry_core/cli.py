@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p, _default("finetune_synthetic.yaml"))
     p.add_argument("--model", required=True, help="exported task model (model.safetensors)")
     p.add_argument("--out", required=True, help="where the model with its BatchNorm bank is written")
+    p.add_argument("--points", nargs="+", metavar="NAME", help="recompute only these operating points (e.g. one "
+                   "added to the config's list) and keep the model's statistics for the others")
 
     p = sub.add_parser("distill", help="distill a teacher into a Foundry student (DSO + encoder + CAU, "
                        "optional Foundry-Gate)")
@@ -138,7 +140,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_finetune(load_config(FinetuneConfig, args.config, overrides), resume=args.resume)
     elif args.command == "batchnorm-bank":
         from .stages.finetune import run_batchnorm_bank
-        run_batchnorm_bank(args.model, load_config(FinetuneConfig, args.config, args.overrides), args.out)
+        run_batchnorm_bank(args.model, load_config(FinetuneConfig, args.config, args.overrides), args.out,
+                           only=args.points)
     elif args.command == "distill":
         from .configs import DistillConfig
         from .stages.distill import run_distill

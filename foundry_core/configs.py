@@ -135,8 +135,14 @@ class JEPAConfig:
     # most of what makes a random encoder a strong linear-probe baseline (probe_by_layer.json: one random block
     # lifts the tokens from 41.8 to 61.7 %); pre-training then adds to them instead of replacing them
     freeze_pos_embed: bool = False
+    # keep the encoder's first `frozen_blocks` blocks at their random initialisation, in both encoders (0: off):
+    # the probe by layer found one random block the source of the random encoder's strength; pre-training then
+    # learns only above it, so what the probe reads can add to those features instead of replacing them
+    frozen_blocks: int = 0
 
     def __post_init__(self) -> None:
+        if self.frozen_blocks < 0:
+            raise ConfigError("jepa.frozen_blocks must be >= 0 (0: every block trains)")
         if self.target_layers < 1:
             raise ConfigError("jepa.target_layers must be >= 1 (1: the last block's output)")
         if self.target_pos_noise < 0:

@@ -118,3 +118,25 @@ def test_finetuning_computes_each_points_statistics_on_its_own_batches(tmp_path)
     assert any(not torch.allclose(low[n][1], high[n][1]) for n in low)    # the points' statistics differ
     with pytest.raises(ConfigError, match="bn_per_operating_point"):
         tiny_finetune(tmp_path, task="sceneseg", bn_per_operating_point=True)
+
+
+def test_batchnorm_bank_command_recomputes_only_the_named_points_and_keeps_the_others(banked_model, tmp_path):
+    from foundry_core.stages.finetune import run_batchnorm_bank
+    banked, _, _ = banked_model
+    before, _ = load_task_model(banked)
+    ops = [OperatingPoint(name="low", points=48, centers=8), OperatingPoint(name="high", points=128, centers=16)]
+    cfg = tiny_finetune(tmp_path / "bank", task="sceneseg", operating_points=ops, bn_recalibration_batches=2)
+    out = run_batchnorm_bank(banked, cfg, tmp_path / "added.safetensors", only=["high"])
+    model, meta = load_task_model(out)
+    assert model.batchnorm_bank.points == ["low", "high"]
+    assert [op["name"] for op in meta["operating_points"]] == ["low", "high"]      # the config's list
+    for name, (mean, var) in before.batchnorm_bank.stats["low"].items():            # kept as it was
+        kept = model.batchnorm_bank.stats["low"][name]
+        assert torch.equal(kept[0], mean) and torch.equal(kept[1], var)
+    high = model.batchnorm_bank.stats["high"]
+    shared = batchnorm_modules(model)
+    assert any(not torch.allclose(high[n][0], shared[n].running_mean) for n in high)  # recomputed on its batches
+    with pytest.raises(ConfigError, match="not among"):
+        run_batchnorm_bank(banked, cfg, tmp_path / "x.safetensors", only=["nope"])
+    with pytest.raises(ConfigError, match="no BatchNorm statistics to keep"):
+        run_batchnorm_bank(banked, cfg, tmp_path / "x.safetensors", only=["low"])

@@ -12,6 +12,7 @@ from foundry_core.models.mae import PointMAE, chamfer_l2
 from foundry_core.stages.common import eval_view
 from foundry_core.stages.pretrain import PretrainTask, build_pretrain_model, run_pretrain
 from foundry_core.checkpoint import load_checkpoint
+from foundry_core.typed_yaml import ConfigError
 from foundry_core.train.trainer import Trainer
 
 from support.configs import tiny_jepa, tiny_model, tiny_pretrain
@@ -144,7 +145,7 @@ def make_trainer(cfg):
 @pytest.mark.parametrize("jepa_kw", [dict(FAST, predictor_pos="context_relative", target_pos_noise=0.05),
                                      dict(objective="mae", cpu_bf16=True), dict(FAST, target="position_residual"),
                                      dict(FAST, vc_weight=0.05), dict(FAST, target_layers=2),
-                                     dict(FAST, freeze_pos_embed=True)])
+                                     dict(FAST, freeze_pos_embed=True), dict(FAST, frozen_blocks=1)])
 def test_resume_is_bit_for_bit_with_the_new_options(tmp_path, jepa_kw):
     def cfg(out):
         c = tiny_pretrain(tmp_path / out, epochs=2)
@@ -310,3 +311,29 @@ def test_frozen_positional_embedding_stays_at_init_while_the_rest_trains(tmp_pat
         torch.testing.assert_close(model.target.tokenizer.pos_embed.state_dict()[k], pos0[k])   # EMA of equal weights
     assert not torch.equal(model.backbone.encoder.blocks[0].attn.qkv.weight, block0)          # the rest trains
     assert all(not p.requires_grad for p in model.backbone.tokenizer.pos_embed.parameters())
+
+
+def test_frozen_blocks_stay_at_init_in_both_encoders_while_the_blocks_above_train(tmp_path):
+    cfg = tiny_pretrain(tmp_path, epochs=2)
+    cfg.jepa = dataclasses.replace(cfg.jepa, **FAST, frozen_blocks=1)
+    trainer = make_trainer(cfg)
+    model = trainer.model
+    blocks = model.backbone.encoder.blocks
+    assert len(blocks) >= 2
+    first = {k: v.clone() for k, v in blocks[0].state_dict().items()}
+    second = blocks[1].attn.qkv.weight.detach().clone()
+    trainer.fit()
+    for k, v in blocks[0].state_dict().items():
+        assert torch.equal(v, first[k]), k                                               # online: untouched
+        torch.testing.assert_close(model.target.encoder.blocks[0].state_dict()[k], first[k])  # EMA of equal weights
+    assert not torch.equal(blocks[1].attn.qkv.weight, second)                            # the block above trains
+    assert all(not p.requires_grad for p in blocks[0].parameters())
+
+
+def test_frozen_blocks_beyond_the_encoder_depth_is_a_config_error(tmp_path):
+    cfg = tiny_pretrain(tmp_path, epochs=1)
+    cfg.jepa = dataclasses.replace(cfg.jepa, frozen_blocks=len(PointBackbone(cfg.model).encoder.blocks) + 1)
+    with pytest.raises(ConfigError, match="frozen_blocks"):
+        build_pretrain_model(cfg)
+    with pytest.raises(ConfigError, match="frozen_blocks"):
+        dataclasses.replace(cfg.jepa, frozen_blocks=-1)

@@ -117,13 +117,20 @@ class SupervisedTask:
         compute = self.compute_of(self.cfg.operating_points[-1]) if self.cfg.operating_points else {}
         return evaluate_task(model, self.test_set, self.cfg.task, seed=self.cfg.run.seed, **compute)
 
-    def batchnorm_bank(self, model: TaskModel, epoch: int) -> BatchNormBank:
+    def batchnorm_bank(self, model: TaskModel, epoch: int, only: list[str] | None = None,
+                       keep: BatchNormBank | None = None) -> BatchNormBank:
         """BatchNorm statistics of every operating point on its own batches (bn_recalibration_batches
-        each, models/batchnorm_bank.py); the model keeps its shared statistics."""
+        each, models/batchnorm_bank.py); the model keeps its shared statistics. only: recompute these
+        points and take the others from `keep` (a point added to a trained model's range)."""
         shared, bank = BatchNormBank(), BatchNormBank()
         shared.record("shared", model)
         for op in self.cfg.operating_points:
-            if self.recalibrate_batchnorm(model, epoch, ops=[op]):
+            if only is not None and op.name not in only:
+                if keep is None or op.name not in keep:
+                    raise ConfigError(f"operating point {op.name}: no BatchNorm statistics to keep (the model "
+                                      f"has {[] if keep is None else keep.points}); recompute it too")
+                bank.stats[op.name] = keep.stats[op.name]
+            elif self.recalibrate_batchnorm(model, epoch, ops=[op]):
                 bank.record(op.name, model)
         shared.apply(model, "shared")
         return bank
@@ -228,16 +235,26 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     return {"history": history, "final": final, "out_dir": str(out)}
 
 
-def run_batchnorm_bank(model_path: str | Path, cfg: FinetuneConfig, out: str | Path) -> Path:
+def run_batchnorm_bank(model_path: str | Path, cfg: FinetuneConfig, out: str | Path,
+                       only: list[str] | None = None) -> Path:
     """An exported task model plus BatchNorm statistics of each of cfg's operating points, recomputed
-    on that point's batches of cfg's training data (models/batchnorm_bank.py), written to `out`."""
+    on that point's batches of cfg's training data (models/batchnorm_bank.py), written to `out` with
+    cfg's operating points as its list. only: recompute just these points (e.g. one added to the
+    range) and keep the model's own statistics for the others."""
     if not cfg.operating_points:
         raise ConfigError("batchnorm-bank needs a config with operating_points")
+    names = [op.name for op in cfg.operating_points]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ConfigError(f"batchnorm-bank --points {unknown}: not among the config's operating points {names}")
     model, meta = load_task_model(model_path)
+    model = model.float()
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
     task = SupervisedTask(cfg, test_set, gated=model.backbone.budget_adjustable, train_set=train_set)
-    model.batchnorm_bank = task.batchnorm_bank(model, 0)
-    keep = {k: v for k, v in meta.items() if k not in ("kind", "model", "batchnorm_bank")}
-    path = save_task_model(out, model.float(), model.backbone.cfg, keep)
-    print(f"[batchnorm-bank] {path}: statistics for {model.batchnorm_bank.points}", flush=True)
+    model.batchnorm_bank = task.batchnorm_bank(model, 0, only=only, keep=getattr(model, "batchnorm_bank", None))
+    keep = {k: v for k, v in meta.items() if k not in ("kind", "model", "batchnorm_bank", "operating_points")}
+    keep["operating_points"] = [to_dict(op) for op in cfg.operating_points]
+    path = save_task_model(out, model, model.backbone.cfg, keep)
+    print(f"[batchnorm-bank] {path}: statistics for {model.batchnorm_bank.points}"
+          + (f" (recomputed: {only})" if only else ""), flush=True)
     return path

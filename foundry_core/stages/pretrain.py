@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..typed_yaml import to_dict
+from ..typed_yaml import ConfigError, to_dict
 from ..configs import PretrainConfig
 from ..data.point_dataset import PointCloudDataset
 from ..data.sources import make_datasets, pretraining_set
@@ -69,6 +69,11 @@ def build_pretrain_model(cfg: PretrainConfig) -> PointJEPA | PointMAE:
     backbone = PointBackbone(cfg.model)
     if cfg.jepa.freeze_pos_embed:              # random features of the centers, kept (and copied to the EMA target)
         backbone.tokenizer.pos_embed.requires_grad_(False)
+    blocks = backbone.encoder.blocks
+    if cfg.jepa.frozen_blocks > len(blocks):
+        raise ConfigError(f"jepa.frozen_blocks {cfg.jepa.frozen_blocks} > the encoder's {len(blocks)} blocks")
+    for block in blocks[:cfg.jepa.frozen_blocks]:  # random features kept (the EMA target copies equal weights)
+        block.requires_grad_(False)
     return cls(backbone, cfg.jepa)
 
 
