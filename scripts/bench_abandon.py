@@ -7,6 +7,9 @@ stalls fall on both alike.
     .venv/bin/python scripts/bench_abandon.py [--runs 3] [--duration 30] [--scenarios dense_sweep deadline_step]
         -> docs/results/abandon_late_frames.json
 
+--setting NAME=ARGS (repeat, at least two) replaces the off / on pair by any demo arguments, e.g. two
+models side by side (``--setting v8="--model v8.safetensors" --setting v9=""``).
+
 Per run: the scenario's fields of adaptation.json, the hit rate after the first 10 frames over the
 frames the node processed and over every cloud (a cloud superseded by a newer one, overwritten while
 waiting or abandoned late, is a miss), the clouds superseded and the p95 latency; medians per setting.
@@ -14,6 +17,7 @@ waiting or abandoned late, is a miss), the clouds superseded and the p95 latency
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,7 +25,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-COMMON = ("hit_rate_after_10", "hit_rate_after_10_all_frames", "frames", "frames_dropped_stale", "p95_ms")
+COMMON = ("hit_rate_after_10", "hit_rate_after_10_all_frames", "frames", "frames_dropped_stale", "p95_ms",
+          "mean_miou")
+ABANDON = {"off": ["--param", "abandon_late_frames=false"], "on": ["--param", "abandon_late_frames=true"]}
+
+
+def parse_settings(items: list[str] | None) -> dict[str, list[str]]:
+    """--setting NAME=ARGS items -> {name: demo arguments} (the abandon off / on pair without any)."""
+    if not items:
+        return ABANDON
+    out = {}
+    for item in items:
+        name, sep, args = item.partition("=")
+        if not sep or not name or name in out:
+            raise SystemExit(f"--setting {item!r}: expected a new NAME=ARGS")
+        out[name] = shlex.split(args)
+    if len(out) < 2:
+        raise SystemExit("--setting: give at least two settings to compare")
+    return out
 
 
 def main() -> int:
@@ -32,7 +53,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs/results/abandon_late_frames.json"))
     ap.add_argument("--scenarios", nargs="+", default=["dense_sweep", "deadline_step"],
                     help="keys of bench_adaptation's SCHEMA")
+    ap.add_argument("--setting", action="append", metavar="NAME=ARGS",
+                    help="a setting to compare (repeat; default: abandon_late_frames off / on)")
     args = ap.parse_args()
+    settings = parse_settings(args.setting)
     from foundry_core.stages.common import write_json
     from foundry_ros.bench_adaptation import SCHEMA, dense_source, run_demo
     from foundry_ros.scenarios import median_or_none
@@ -40,20 +64,19 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     dense_args, words = dense_source("auto", work)
-    result: dict = {"dense_source": words, "duration_s": args.duration, "scenarios": {}}
+    result: dict = {"dense_source": words, "duration_s": args.duration,
+                    "settings": {k: shlex.join(v) for k, v in settings.items()}, "scenarios": {}}
     t0 = time.monotonic()
     for key in args.scenarios:
         demo_scenario, schema_fields = SCHEMA[key]
         fields = tuple(dict.fromkeys(schema_fields + COMMON))
-        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        runs: dict[str, list[dict]] = {name: [] for name in settings}
         for k in range(args.runs):
-            for setting in ("off", "on"):
-                print(f"[abandon] {key} run {k + 1}/{args.runs}, abandon_late_frames {setting} "
+            for setting, extra in settings.items():
+                print(f"[abandon] {key} run {k + 1}/{args.runs}, {setting} "
                       f"[{(time.monotonic() - t0) / 60:.1f} min]", flush=True)
-                value = "true" if setting == "on" else "false"
                 summary = run_demo(["--scenario", demo_scenario, "--duration", str(args.duration),
-                                    *(dense_args if key == "dense_sweep" else []),
-                                    "--param", f"abandon_late_frames={value}"],
+                                    *(dense_args if key == "dense_sweep" else []), *extra],
                                    work / key / setting / f"run{k + 1}", timeout_s=args.duration + 600)
                 if summary is not None:
                     row = {f: summary.get("mean_points_in" if f == "points" else f) for f in fields}
@@ -65,7 +88,7 @@ def main() -> int:
         write_json(args.out, result)
         print(f"[abandon] {key}: {result['scenarios'][key]['median']}", flush=True)
     print(f"[abandon] -> {args.out}", flush=True)
-    return 0 if all(v["runs"]["off"] and v["runs"]["on"] for v in result["scenarios"].values()) else 1
+    return 0 if all(all(v["runs"].values()) for v in result["scenarios"].values()) else 1
 
 
 if __name__ == "__main__":
