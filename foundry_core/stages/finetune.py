@@ -121,14 +121,12 @@ class SupervisedTask:
                        keep: BatchNormBank | None = None) -> BatchNormBank:
         """BatchNorm statistics of every operating point on its own batches (bn_recalibration_batches
         each, models/batchnorm_bank.py); the model keeps its shared statistics. only: recompute these
-        points and take the others from `keep` (a point added to a trained model's range)."""
+        points and take the others from `keep`, which must hold them (a point added to a trained model's
+        range)."""
         shared, bank = BatchNormBank(), BatchNormBank()
         shared.record("shared", model)
         for op in self.cfg.operating_points:
             if only is not None and op.name not in only:
-                if keep is None or op.name not in keep:
-                    raise ConfigError(f"operating point {op.name}: no BatchNorm statistics to keep (the model "
-                                      f"has {[] if keep is None else keep.points}); recompute it too")
                 bank.stats[op.name] = keep.stats[op.name]
             elif self.recalibrate_batchnorm(model, epoch, ops=[op]):
                 bank.record(op.name, model)
@@ -248,10 +246,15 @@ def run_batchnorm_bank(model_path: str | Path, cfg: FinetuneConfig, out: str | P
     if unknown:
         raise ConfigError(f"batchnorm-bank --points {unknown}: not among the config's operating points {names}")
     model, meta = load_task_model(model_path)
+    kept = getattr(model, "batchnorm_bank", None)
+    missing = [n for n in names if only and n not in only and (kept is None or n not in kept)]
+    if missing:                               # before the training data is built
+        raise ConfigError(f"operating points {missing}: no BatchNorm statistics to keep (the model has "
+                          f"{[] if kept is None else kept.points}); recompute them too (--points)")
     model = model.float()
     train_set, test_set = make_datasets(cfg.data, cfg.run.seed)
     task = SupervisedTask(cfg, test_set, gated=model.backbone.budget_adjustable, train_set=train_set)
-    model.batchnorm_bank = task.batchnorm_bank(model, 0, only=only, keep=getattr(model, "batchnorm_bank", None))
+    model.batchnorm_bank = task.batchnorm_bank(model, 0, only=only, keep=kept)
     keep = {k: v for k, v in meta.items() if k not in ("kind", "model", "batchnorm_bank", "operating_points")}
     keep["operating_points"] = [to_dict(op) for op in cfg.operating_points]
     path = save_task_model(out, model, model.backbone.cfg, keep)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""abandon_late_frames off vs on, side by side, in bench_adaptation's scenarios (default: the dense sweep
-replay, KITTI HDL-64 scans when ../shared is there, else the dense simulated LiDAR, 10 Hz, 100 ms
-deadline; and the deadline step 100 -> 50 ms), demo runs alternating off / on so that the machine's
-stalls fall on both alike.
+"""Node settings side by side (default: abandon_late_frames off vs on) in bench_adaptation's scenarios.
 
-    .venv/bin/python scripts/bench_abandon.py [--runs 3] [--duration 30] [--scenarios dense_sweep deadline_step]
+Default scenarios: the dense sweep replay (KITTI HDL-64 scans when ../shared is there, else the dense
+simulated LiDAR, 10 Hz, 100 ms deadline) and the deadline step 100 -> 50 ms. Demo runs alternate between
+the settings so that the machine's stalls fall on all alike.
+
+    .venv/bin/python scripts/bench_side_by_side.py [--runs 3] [--duration 30] [--scenarios dense_sweep deadline_step]
         -> docs/results/abandon_late_frames.json
 
 --setting NAME=ARGS (repeat, at least two) replaces the off / on pair by any demo arguments, e.g. two
@@ -49,7 +50,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="runs per setting (alternating)")
     ap.add_argument("--duration", type=float, default=30.0)
-    ap.add_argument("--work", default=str(ROOT / "runs/bench_abandon"))
+    ap.add_argument("--work", default=str(ROOT / "runs/bench_side_by_side"))
     ap.add_argument("--out", default=str(ROOT / "docs/results/abandon_late_frames.json"))
     ap.add_argument("--scenarios", nargs="+", default=["dense_sweep", "deadline_step"],
                     help="keys of bench_adaptation's SCHEMA")
@@ -73,7 +74,7 @@ def main() -> int:
         runs: dict[str, list[dict]] = {name: [] for name in settings}
         for k in range(args.runs):
             for setting, extra in settings.items():
-                print(f"[abandon] {key} run {k + 1}/{args.runs}, {setting} "
+                print(f"[side-by-side] {key} run {k + 1}/{args.runs}, {setting} "
                       f"[{(time.monotonic() - t0) / 60:.1f} min]", flush=True)
                 summary = run_demo(["--scenario", demo_scenario, "--duration", str(args.duration),
                                     *(dense_args if key == "dense_sweep" else []), *extra],
@@ -81,13 +82,13 @@ def main() -> int:
                 if summary is not None:
                     row = {f: summary.get("mean_points_in" if f == "points" else f) for f in fields}
                     runs[setting].append(row)
-                    print(f"[abandon] {key} {setting}: " + ", ".join(f"{f} {v}" for f, v in row.items()), flush=True)
+                    print(f"[side-by-side] {key} {setting}: " + ", ".join(f"{f} {v}" for f, v in row.items()), flush=True)
         result["scenarios"][key] = {
             "runs": runs, "median": {s: {f: median_or_none([r[f] for r in rs]) for f in fields}
                                      for s, rs in runs.items()}}
         write_json(args.out, result)
-        print(f"[abandon] {key}: {result['scenarios'][key]['median']}", flush=True)
-    print(f"[abandon] -> {args.out}", flush=True)
+        print(f"[side-by-side] {key}: {result['scenarios'][key]['median']}", flush=True)
+    print(f"[side-by-side] -> {args.out}", flush=True)
     return 0 if all(all(v["runs"].values()) for v in result["scenarios"].values()) else 1
 
 
